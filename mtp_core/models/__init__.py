@@ -1,0 +1,18 @@
+"""MTP models: the RVSA ViT backbone, UperNet/FCN heads, the segmentor and the named-model registry."""
+from mtp_core.models.card import ModelCard
+from mtp_core.models.registry import create_model, default_card, list_models, model_entry
+from mtp_core.models.rvsa import RVSAViT
+from mtp_core.models.segmentor import EncoderDecoder
+from mtp_core.models.upernet import FCNHead, UPerHead
+
+__all__ = [
+    "EncoderDecoder",
+    "FCNHead",
+    "ModelCard",
+    "RVSAViT",
+    "UPerHead",
+    "create_model",
+    "default_card",
+    "list_models",
+    "model_entry",
+]

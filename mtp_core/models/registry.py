@@ -1,0 +1,167 @@
+"""Named MTP models, timm style: each builder only sets hyperparameters.
+
+Every builder is registered here and with timm, so ``import mtp_core; timm.create_model("mtp_vit_b_rvsa")`` builds
+exactly the backbone of the original SpaceNetv1 fine-tuning config, and ``create_model("mtp_vit_b_rvsa_upernet")``
+the whole segmentor. Segmentors also have a default model card (the config's data conventions).
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from timm.models import register_model as timm_register_model
+from torch import nn
+
+from mtp_core.models.card import ModelCard
+from mtp_core.models.rvsa import RVSAViT
+from mtp_core.models.segmentor import EncoderDecoder
+from mtp_core.models.upernet import FCNHead, UPerHead
+
+ModelKind = Literal["backbone", "segmentor"]
+_TIMM_ONLY_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    kind: ModelKind
+    description: str
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def _register(kind: ModelKind, description: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _MODELS[fn.__name__] = ModelEntry(fn.__name__, fn, kind, description)
+        return timm_register_model(fn)
+
+    return wrap
+
+
+def list_models(kind: ModelKind | None = None) -> list[str]:
+    """Registered model names, optionally only backbones or only segmentors."""
+    return sorted(n for n, e in _MODELS.items() if kind is None or e.kind == kind)
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in _MODELS:
+        close = difflib.get_close_matches(name, _MODELS, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}.{hint} Registered models: {', '.join(list_models())}")
+    return _MODELS[name]
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model; keyword arguments override the builder's defaults."""
+    return model_entry(name).builder(**kwargs)
+
+
+def _check_pretrained(pretrained: bool, kwargs: dict[str, Any]) -> None:
+    for key in _TIMM_ONLY_ARGS:
+        kwargs.pop(key, None)
+    if pretrained:
+        raise ValueError(
+            "MTP weights are not downloaded automatically: get the released checkpoint file and load it with "
+            "mtp_core.checkpoint.load_weights(model, path) (every MTP, MAE and MMSeg layout is understood)"
+        )
+
+
+def _backbone(pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> RVSAViT:
+    _check_pretrained(pretrained, kwargs)
+    return RVSAViT(**{**defaults, **kwargs})
+
+
+_VIT_B = dict(embed_dim=768, depth=12, num_heads=12, out_indices=(3, 5, 7, 11), interval=3)
+_VIT_L = dict(embed_dim=1024, depth=24, num_heads=16, out_indices=(7, 11, 15, 23), interval=6)
+_VIT_TINY = dict(embed_dim=192, depth=4, num_heads=3, out_indices=(0, 1, 2, 3), interval=3)
+_FINETUNE = dict(img_size=384, drop_path_rate=0.3)
+
+
+@_register("backbone", "ViT-B + RVSA, SpaceNetv1 fine-tuning backbone (384 px, full attention every 3rd block)")
+def mtp_vit_b_rvsa(pretrained: bool = False, **kwargs: Any) -> RVSAViT:
+    return _backbone(pretrained, {**_VIT_B, **_FINETUNE}, kwargs)
+
+
+@_register("backbone", "ViT-L + RVSA, SpaceNetv1 fine-tuning backbone (384 px, full attention every 6th block)")
+def mtp_vit_l_rvsa(pretrained: bool = False, **kwargs: Any) -> RVSAViT:
+    return _backbone(pretrained, {**_VIT_L, **_FINETUNE}, kwargs)
+
+
+@_register("backbone", "ViT-B + RVSA multi-task pretraining encoder (224 px, with the unused final norm)")
+def mtp_vit_b_rvsa_pretrain(pretrained: bool = False, **kwargs: Any) -> RVSAViT:
+    return _backbone(pretrained, {**_VIT_B, "img_size": 224, "drop_path_rate": 0.1, "with_norm": True}, kwargs)
+
+
+@_register("backbone", "ViT-L + RVSA multi-task pretraining encoder (448 px, with the unused final norm)")
+def mtp_vit_l_rvsa_pretrain(pretrained: bool = False, **kwargs: Any) -> RVSAViT:
+    return _backbone(pretrained, {**_VIT_L, "img_size": 448, "drop_path_rate": 0.1, "with_norm": True}, kwargs)
+
+
+@_register("backbone", "tiny RVSA ViT (192-d, 4 blocks, 3 heads) for tests and CPU demos")
+def mtp_vit_tiny_rvsa(pretrained: bool = False, **kwargs: Any) -> RVSAViT:
+    return _backbone(pretrained, {**_VIT_TINY, **_FINETUNE}, kwargs)
+
+
+def _upernet(
+    pretrained: bool,
+    backbone_defaults: dict[str, Any],
+    num_classes: int,
+    decode_channels: int,
+    aux_head: bool,
+    aux_channels: int,
+    kwargs: dict[str, Any],
+) -> EncoderDecoder:
+    """UperNet on the four backbone maps (+ optional FCN auxiliary head on the stride-16 map, as MMSeg configs)."""
+    backbone = _backbone(pretrained, backbone_defaults, kwargs)
+    head = UPerHead(backbone.out_channels, decode_channels, num_classes)
+    aux = FCNHead(backbone.out_channels[2], aux_channels, num_classes, in_index=2) if aux_head else None
+    return EncoderDecoder(backbone, head, aux)
+
+
+@_register("segmentor", "ViT-B + RVSA + UperNet (512 ch), the MTP SpaceNetv1 model")
+def mtp_vit_b_rvsa_upernet(
+    pretrained: bool = False,
+    num_classes: int = 2,
+    decode_channels: int = 512,
+    aux_head: bool = False,
+    aux_channels: int = 256,
+    **kwargs: Any,
+) -> EncoderDecoder:
+    return _upernet(pretrained, {**_VIT_B, **_FINETUNE}, num_classes, decode_channels, aux_head, aux_channels, kwargs)
+
+
+@_register("segmentor", "ViT-L + RVSA + UperNet (512 ch), the MTP SpaceNetv1 model")
+def mtp_vit_l_rvsa_upernet(
+    pretrained: bool = False,
+    num_classes: int = 2,
+    decode_channels: int = 512,
+    aux_head: bool = False,
+    aux_channels: int = 256,
+    **kwargs: Any,
+) -> EncoderDecoder:
+    return _upernet(pretrained, {**_VIT_L, **_FINETUNE}, num_classes, decode_channels, aux_head, aux_channels, kwargs)
+
+
+@_register("segmentor", "tiny RVSA ViT + UperNet (64 ch) for tests and CPU demos")
+def mtp_vit_tiny_rvsa_upernet(
+    pretrained: bool = False,
+    num_classes: int = 2,
+    decode_channels: int = 64,
+    aux_head: bool = False,
+    aux_channels: int = 32,
+    **kwargs: Any,
+) -> EncoderDecoder:
+    return _upernet(pretrained, {**_VIT_TINY, **_FINETUNE}, num_classes, decode_channels, aux_head, aux_channels, kwargs)
+
+
+def default_card(name: str, **arch_args: Any) -> ModelCard:
+    """The model card of a named segmentor with MTP's SpaceNetv1 data conventions (released files carry none)."""
+    entry = model_entry(name)
+    if entry.kind != "segmentor":
+        raise ValueError(f"{name!r} is a backbone; a model card describes a segmentor ({', '.join(list_models('segmentor'))})")
+    num_classes = arch_args.get("num_classes", 2)
+    classes = ("background", "building") if num_classes == 2 else tuple(f"class_{i}" for i in range(num_classes))
+    return ModelCard(architecture=name, arch_args=dict(arch_args), classes=classes, description=entry.description)
