@@ -103,3 +103,14 @@ def test_inputs_under_one_window_do_not_produce_nan() -> None:
 def test_bad_constructor_arguments_are_explained(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         create_model("mtp_vit_tiny_rvsa", **kwargs)
+
+
+def test_sdpa_path_compiles_as_one_graph() -> None:
+    # fullgraph=True fails on any graph break; aot_eager traces forward through AOTAutograd without codegen
+    # (inductor codegen itself is exercised on the GPU bench, it takes minutes on 2 CPU cores).
+    model = tiny(128, "sdpa")
+    x = torch.randn(2, 3, 128, 128)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        for a, b in zip(compiled(x), model(x)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,7 @@
+"""QGIS entry point. Imports nothing heavy: the menus load even when torch is missing."""
+
+
+def classFactory(iface):  # noqa: N802  (name fixed by QGIS)
+    from .plugin import MTPPlugin
+
+    return MTPPlugin(iface)

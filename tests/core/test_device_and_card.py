@@ -1,0 +1,83 @@
+"""Device choice/description and the model card: what users see and what checkpoints carry."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from mtp_core.device import describe_device, resolve_device
+from mtp_core.models import ModelCard, create_model, default_card
+
+
+def test_auto_device_is_cuda_when_available_else_cpu() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device(" CPU ") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:x", "tpu"])
+def test_unknown_device_names_the_valid_choices(spec: str) -> None:
+    with pytest.raises(ValueError, match="auto, cpu, cuda or cuda:N"):
+        resolve_device(spec)
+
+
+def test_cuda_without_gpu_says_why_and_what_to_do(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--device cpu"):
+        resolve_device("cuda")
+
+
+def test_cpu_description_names_threads_and_why_no_gpu() -> None:
+    text = describe_device(torch.device("cpu"))
+    assert text.startswith(f"cpu, {torch.get_num_threads()} threads")
+    if not torch.cuda.is_available():
+        assert "CUDA" in text
+
+
+def test_default_card_rebuilds_the_model() -> None:
+    card = default_card("mtp_vit_tiny_rvsa_upernet", num_classes=3, img_size=128)
+    assert card.num_classes == 3 and card.stride == 256 and card.bands == (1, 2, 3)
+    model = create_model(card.architecture, **card.arch_args)
+    assert model.num_classes == 3 and model.backbone.img_size == 128
+
+
+def test_card_round_trips_through_plain_types() -> None:
+    card = default_card("mtp_vit_b_rvsa_upernet").replace(gsd_m=0.3, threshold=0.4)
+    data = card.to_dict()
+    assert all(not isinstance(v, tuple) for v in data.values())
+    # plain containers only: what torch.load(weights_only=True) accepts
+    restored = ModelCard.from_dict(pickle.loads(pickle.dumps(data)))
+    assert restored == card
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(classes=("building",)), "at least 2 classes"),
+        (dict(bands=(1, 2)), "differ in length"),
+        (dict(bands=(0, 1, 2)), "1-based"),
+        (dict(overlap=384), "overlap < tile"),
+        (dict(std=(1.0, 0.0, 1.0)), "std must be positive"),
+        (dict(threshold=1.5), "threshold"),
+    ],
+)
+def test_invalid_cards_are_explained(changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        default_card("mtp_vit_b_rvsa_upernet").replace(**changes)
+
+
+def test_card_with_unknown_fields_is_refused() -> None:
+    data = default_card("mtp_vit_b_rvsa_upernet").to_dict() | {"colour": "red"}
+    with pytest.raises(ValueError, match="unknown model card fields"):
+        ModelCard.from_dict(data)
+
+
+def test_default_card_needs_a_segmentor() -> None:
+    with pytest.raises(ValueError, match="is a backbone"):
+        default_card("mtp_vit_b_rvsa")
+
+
+def test_unknown_model_name_suggests_close_ones() -> None:
+    with pytest.raises(ValueError, match="Did you mean mtp_vit_b_rvsa"):
+        create_model("mtp_vit_b_rvs")
