@@ -165,3 +165,22 @@ def default_card(name: str, **arch_args: Any) -> ModelCard:
     num_classes = arch_args.get("num_classes", 2)
     classes = ("background", "building") if num_classes == 2 else tuple(f"class_{i}" for i in range(num_classes))
     return ModelCard(architecture=name, arch_args=dict(arch_args), classes=classes, description=entry.description)
+
+
+@_register("segmentor", "RVSA ViT + UperNet (+ FCN auxiliary head) with every argument given: what configs build")
+def mtp_rvsa_upernet(
+    pretrained: bool = False,
+    backbone: dict[str, Any] | None = None,
+    decode_head: dict[str, Any] | None = None,
+    auxiliary_head: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> EncoderDecoder:
+    """Fully specified segmentor: ``RVSAViT(**backbone)``, ``UPerHead(**decode_head)``, ``FCNHead(**auxiliary_head)``.
+
+    Training configs build this, and its model card records the three dicts, so a trained checkpoint rebuilds its
+    exact network without the config file. Defaults are the ViT-B SpaceNetv1 model.
+    """
+    net = _backbone(pretrained, {**_VIT_B, **_FINETUNE, **(backbone or {})}, kwargs)
+    head = UPerHead(**{"in_channels": net.out_channels, "channels": 512, "num_classes": 2, **(decode_head or {})})
+    aux = FCNHead(**auxiliary_head) if auxiliary_head else None
+    return EncoderDecoder(net, head, aux)

@@ -1,0 +1,113 @@
+"""Config files and --cfg-options as MMEngine users know them; typos are errors that name the closest key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.builder import BuildError, build_segmentor, segmentation_loss, LossTerm
+from training.config import ConfigError, apply_overrides, load_config, merge
+from training.loop import DEFAULTS
+
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
+MTP = sorted((CONFIGS / "mtp" / "spacenetv1").glob("*.py"))
+
+
+def test_the_four_mtp_spacenet_configs_exist() -> None:
+    assert [p.name for p in MTP] == [
+        "rvsa-b-upernet-384-mae-mtp-spacenetv1.py",
+        "rvsa-b-upernet-384-mae-spacenetv1.py",
+        "rvsa-l-upernet-384-mae-mtp-spacenetv1.py",
+        "rvsa-l-upernet-384-mae-spacenetv1.py",
+    ]
+
+
+@pytest.mark.parametrize("path", MTP, ids=lambda p: p.stem)
+def test_mtp_configs_have_the_original_values(path: Path) -> None:
+    cfg = load_config(path)
+    large = "rvsa-l" in path.name
+    with torch.device("meta"):
+        spec = build_segmentor(cfg["model"])
+    backbone = spec.model.backbone
+    assert (backbone.embed_dim, len(backbone.blocks), backbone.interval) == ((1024, 24, 6) if large else (768, 12, 3))
+    assert backbone.out_indices == ((7, 11, 15, 23) if large else (3, 5, 7, 11))
+    assert backbone.blocks[-1].drop_path.drop_prob == pytest.approx(0.3)
+    assert sum(p.numel() for p in spec.model.parameters()) == (352_380_290 if large else 125_848_898)
+    assert spec.model.decode_head.channels == 512 and spec.model.num_classes == 2
+    assert spec.sync_bn and spec.losses == (LossTerm("decode", 1.0, False, None),)
+    assert (spec.test_mode, spec.crop_size, spec.stride) == ("slide", (384, 384), (256, 256))
+    assert ("mae-mtp" in path.name) == ("pretrn_model_encoder" in spec.pretrained)
+    assert cfg["optim_wrapper"]["optimizer"] == dict(type="AdamW", lr=6e-5, betas=(0.9, 0.999), weight_decay=0.05)
+    assert cfg["optim_wrapper"]["paramwise_cfg"] == dict(num_layers=24 if large else 12, layer_decay_rate=0.9)
+    assert cfg["train_cfg"]["max_iters"] == 80000 and cfg["train_dataloader"]["batch_size"] == 1
+    assert cfg["param_scheduler"][1]["T_max"] == 78500
+
+
+def test_the_seed_overrides_work() -> None:
+    cfg = merge(DEFAULTS, load_config(MTP[0]))
+    out = apply_overrides(cfg, ["find_unused_parameters=True", "load_from=/ckpt/x.pth", "val_cfg=None",
+                                "val_dataloader=None", "val_evaluator=None", "train_cfg.max_iters=100",
+                                "model.decode_head.num_classes=3", "optim_wrapper.optimizer.betas=(0.8,0.99)"])
+    assert out["find_unused_parameters"] is True and out["load_from"] == "/ckpt/x.pth"
+    assert out["val_dataloader"] is None and out["val_evaluator"] is None and out["val_cfg"] is None
+    assert out["train_cfg"]["max_iters"] == 100 and out["model"]["decode_head"]["num_classes"] == 3
+    assert out["optim_wrapper"]["optimizer"]["betas"] == (0.8, 0.99)
+    assert cfg["train_cfg"]["max_iters"] == 80000  # the input is not modified
+
+
+@pytest.mark.parametrize(
+    ("option", "suggestion"),
+    [
+        ("train_cfg.max_iter=10", "train_cfg.max_iters"),
+        ("model.decode_head.num_clases=3", "model.decode_head.num_classes"),
+        ("find_unused_parameter=True", "find_unused_parameters"),
+        ("optim_wraper.optimizer.lr=1", "optim_wrapper"),
+    ],
+)
+def test_a_typo_names_the_closest_key(option: str, suggestion: str) -> None:
+    cfg = merge(DEFAULTS, load_config(MTP[0]))
+    with pytest.raises(ConfigError, match=f"did you mean '{suggestion}'"):
+        apply_overrides(cfg, [option])
+
+
+def test_base_inheritance_and_delete(tmp_path: Path) -> None:
+    (tmp_path / "base.py").write_text("a = dict(x=1, y=dict(z=2))\nb = [1, 2]\n")
+    (tmp_path / "child.py").write_text("_base_ = ['base.py']\na = dict(y=dict(w=3))\nc = dict(_delete_=True, k=1)\n")
+    (tmp_path / "grand.py").write_text("_base_ = 'child.py'\na = dict(_delete_=True, only=0)\n")
+    assert load_config(tmp_path / "child.py") == {"a": {"x": 1, "y": {"z": 2, "w": 3}}, "b": [1, 2], "c": {"k": 1}}
+    assert load_config(tmp_path / "grand.py")["a"] == {"only": 0}
+
+
+def test_a_broken_config_says_where(tmp_path: Path) -> None:
+    (tmp_path / "bad.py").write_text("model = dict(\n")
+    with pytest.raises(ConfigError, match="bad.py failed to run: SyntaxError"):
+        load_config(tmp_path / "bad.py")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.py")
+
+
+def test_unsupported_model_arguments_are_explained() -> None:
+    cfg = load_config(MTP[0])
+    bad = merge(cfg["model"], {"backbone": {"embed_dims": 768}})
+    with pytest.raises(BuildError, match="did you mean 'embed_dim'"):
+        build_segmentor(bad)
+    with pytest.raises(BuildError, match="use_abs_pos_emb"):
+        build_segmentor(merge(cfg["model"], {"backbone": {"use_abs_pos_emb": False}}))
+    with pytest.raises(BuildError, match="CrossEntropyLoss"):
+        build_segmentor(merge(cfg["model"], {"decode_head": {"loss_decode": {"type": "DiceLoss"}}}))
+
+
+def test_loss_is_mmseg_cross_entropy_over_all_pixels() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 4, 4)
+    target = torch.randint(0, 2, (2, 4, 4))
+    target[0, 0] = 255
+    total, parts = segmentation_loss(logits, None, target, (LossTerm("decode"),))
+    per_pixel = torch.nn.functional.cross_entropy(logits, target, ignore_index=255, reduction="none")
+    assert torch.allclose(total, per_pixel.sum() / target.numel())  # ignored pixels count in the mean (MMSeg)
+    non_ignore, _ = segmentation_loss(logits, None, target, (LossTerm("decode", avg_non_ignore=True),))
+    assert torch.allclose(non_ignore, per_pixel.sum() / (target != 255).sum())
+    valid = target != 255
+    expected_acc = 100.0 * ((logits.argmax(1) == target) & valid).sum() / valid.sum()
+    assert torch.allclose(parts["decode.acc_seg"], expected_acc)

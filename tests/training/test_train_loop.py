@@ -1,0 +1,185 @@
+"""The training loop as researchers use it: resume equality, preemption, distributed runs, the test command."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtp_core.checkpoint import load_model, safe_load
+from tests.training.conftest import TINY_CONFIG
+from training.config import apply_overrides, load_config, merge
+from training.dist import DistInfo
+from training.loop import DEFAULTS, REQUEUE_EXIT_CODE, Trainer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_cfg(data_root: Path, *options: str) -> dict:
+    cfg = merge(DEFAULTS, load_config(TINY_CONFIG))
+    roots = [f"{k}.dataset.data_root={data_root}" for k in ("train_dataloader", "val_dataloader", "test_dataloader")]
+    return apply_overrides(cfg, [*roots, *options])
+
+
+def state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    full = Trainer(tiny_cfg(tiny_dataset), tmp_path / "full", DistInfo())
+    (tmp_path / "full").mkdir()
+    assert full.run() == 0
+    reference = state(full)
+
+    work = tmp_path / "interrupted"
+    work.mkdir()
+    first = Trainer(tiny_cfg(tiny_dataset), work, DistInfo())
+    step = first.train_step
+
+    def step_then_signal(batches):
+        parts = step(batches)
+        if first.iteration == 4:  # the 5th step: a signal arrives during it
+            first._stop_signal = signal.SIGUSR1
+        return parts
+
+    monkeypatch.setattr(first, "train_step", step_then_signal)
+    assert first.run() == REQUEUE_EXIT_CODE
+    assert (work / "last_checkpoint").read_text().endswith("iter_5.pth")
+
+    # a fresh process would rebuild everything; workers now load the data, which must not change anything
+    resumed = Trainer(tiny_cfg(tiny_dataset, "train_dataloader.num_workers=2"), work, DistInfo())
+    assert resumed.run(resume=True) == 0
+    assert resumed.iteration == 16
+    for key, value in state(resumed).items():
+        assert torch.equal(value, reference[key]), key
+
+    log = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    train = [r for r in log if r["mode"] == "train"]
+    assert [r["iter"] for r in train] == [4, 8, 12, 16]
+    assert {"loss", "lr", "decode.loss_ce", "decode.acc_seg", "iter_per_s"} <= set(train[0])
+    assert [r["iter"] for r in log if r["mode"] == "val"] == [8, 16]
+    assert (tmp_path / "full" / "curves.png").stat().st_size > 1000
+
+
+def test_training_checkpoint_carries_the_model_card_and_loads_as_a_model(tiny_dataset: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_cfg(tiny_dataset, "train_cfg.max_iters=2", "default_hooks.checkpoint.interval=2"),
+                      tmp_path, DistInfo())
+    assert trainer.run() == 0
+    ckpt = safe_load(tmp_path / "iter_2.pth")
+    assert ckpt["meta"]["iteration"] == 2 and "RVSA_MTP" in ckpt["meta"]["config"]
+    model, card, _ = load_model(tmp_path / "iter_2.pth")
+    assert card.tile == 64 and card.overlap == 16 and card.classes == ("background", "building")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, trainer.model.state_dict()[key])
+
+
+# SGD for the equality check: AdamW's first steps are ~lr * sign(grad), which turns float-noise differences of
+# near-zero gradients into lr-sized ones; with SGD, equal gradients give equal weights up to float noise.
+SGD = "optim_wrapper.optimizer={'type': 'SGD', 'lr': 0.01, 'momentum': 0.9, 'weight_decay': 0.0}"
+
+
+def _train_cmd(work: Path, data: Path, launcher: str, batch: int, optimizer: str = SGD) -> list[str]:
+    return [
+        "-m", "training.train", str(TINY_CONFIG), "--work-dir", str(work), "--launcher", launcher,
+        "--cfg-options", f"train_dataloader.dataset.data_root={data}", f"train_dataloader.batch_size={batch}",
+        "train_cfg.max_iters=4", "default_hooks.checkpoint.interval=4", "val_dataloader=None",
+        "model.backbone.drop_path_rate=0.0", "model.decode_head.dropout_ratio=0.0", optimizer,
+    ]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
+
+
+def _weights(work: Path) -> dict[str, torch.Tensor]:
+    return safe_load(work / "iter_4.pth")["state_dict"]
+
+
+def test_two_process_runs_slurm_and_torchrun_equal_one_process(tiny_dataset: Path, tmp_path: Path) -> None:
+    single = tmp_path / "single"
+    subprocess.run([sys.executable, *_train_cmd(single, tiny_dataset, "none", 2)], env=_env(), check=True,
+                   capture_output=True, timeout=300)
+
+    slurm, port = tmp_path / "slurm", str(_free_port())
+    procs = [
+        subprocess.Popen([sys.executable, *_train_cmd(slurm, tiny_dataset, "slurm", 1)], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT,
+                         env=_env(SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r),
+                                  SLURM_NODELIST="localhost", MASTER_PORT=port))
+        for r in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+
+    torchrun = tmp_path / "torchrun"
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={_free_port()}", *_train_cmd(torchrun, tiny_dataset, "pytorch", 1)],
+                         env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+    reference = _weights(single)
+    for work in (slurm, torchrun):
+        weights = _weights(work)
+        assert weights.keys() == reference.keys()
+        for key, value in reference.items():
+            if value.is_floating_point():
+                torch.testing.assert_close(weights[key], value, rtol=1e-4, atol=1e-5, msg=f"{work.name}: {key}")
+            else:
+                assert torch.equal(weights[key], value), key
+    assert "2 process(es)" in outputs[0]
+
+
+def test_a_real_sigusr1_checkpoints_and_exits_with_the_requeue_code(tiny_dataset: Path, tmp_path: Path) -> None:
+    cmd = _train_cmd(tmp_path, tiny_dataset, "none", 2)
+    cmd[cmd.index("train_cfg.max_iters=4")] = "train_cfg.max_iters=100000"
+    proc = subprocess.Popen([sys.executable, *cmd], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    for line in proc.stdout:
+        if "iter 4/100000" in line:
+            proc.send_signal(signal.SIGUSR1)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == REQUEUE_EXIT_CODE, rest
+    assert "stopped by signal" in rest
+    pointer = Path((tmp_path / "last_checkpoint").read_text())
+    assert pointer.exists() and int(pointer.stem.split("_")[1]) >= 4
+
+
+def test_test_command_reports_metrics_and_writes_maps(tiny_dataset: Path, tmp_path: Path) -> None:
+    trainer = Trainer(tiny_cfg(tiny_dataset, "train_cfg.max_iters=2", "default_hooks.checkpoint.interval=2"),
+                      tmp_path / "train", DistInfo())
+    (tmp_path / "train").mkdir()
+    trainer.run()
+    from training.test import main as test_main
+
+    show = tmp_path / "show"
+    rc = test_main([str(TINY_CONFIG), str(tmp_path / "train" / "iter_2.pth"), "--work-dir", str(tmp_path / "test"),
+                    "--show-dir", str(show), "--cfg-options", f"test_dataloader.dataset.data_root={tiny_dataset}"])
+    assert rc == 0
+    results = json.loads(next((tmp_path / "test").glob("results_*.json")).read_text())
+    assert {"aAcc", "mIoU", "mAcc", "mDice", "mFscore"} <= set(results) and results["images"] == 2
+    assert sorted(p.name for p in show.iterdir()) == ["val_0_overlay.png", "val_1_overlay.png"]
+
+
+def test_bad_command_lines_are_explained(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    from training.train import main as train_main
+
+    assert train_main([str(TINY_CONFIG), "--work-dir", str(tmp_path), "--cfg-options", "train_cfg.max_iter=3"]) == 2
+    assert "did you mean 'train_cfg.max_iters'" in capsys.readouterr().err
+    assert train_main([str(tmp_path / "nope.py")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert train_main([str(TINY_CONFIG), "--launcher", "slurm", "--work-dir", str(tmp_path)]) == 2
+    assert "SLURM_PROCID is not set" in capsys.readouterr().err

@@ -1,0 +1,111 @@
+"""MMEngine-style Python config files, without MMEngine.
+
+A config is a Python file whose public top-level names are the settings (``model = dict(...)``,
+``train_dataloader = dict(...)``, ...), optionally inheriting from ``_base_`` files. ``--cfg-options k.v=x``
+overrides nested keys; a key that does not exist is an error naming the closest valid key, so a typo can't silently
+train the wrong model.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+import runpy
+import types
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+_DELETE = "_delete_"
+
+
+class ConfigError(ValueError):
+    """A config file or override that can't be used as written."""
+
+
+def merge(base: dict[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge as MMEngine: child wins, ``_delete_=True`` replaces instead of merging."""
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and not value.get(_DELETE, False):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = {k: v for k, v in value.items() if k != _DELETE} if isinstance(value, Mapping) else value
+    return out
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Settings of a config file, its ``_base_`` files merged first (paths relative to the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        namespace = runpy.run_path(str(path))
+    except Exception as exc:  # a config is user code: report where it broke
+        raise ConfigError(f"config {path} failed to run: {type(exc).__name__}: {exc}") from exc
+    settings = {
+        k: v
+        for k, v in namespace.items()
+        if not k.startswith("__") and k != "_base_" and not isinstance(v, (types.ModuleType, types.FunctionType, type))
+    }
+    bases = namespace.get("_base_", [])
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = merge(merged, load_config(path.parent / base))
+    return merge(merged, settings)
+
+
+def _parse_value(text: str) -> Any:
+    """``--cfg-options`` values: Python literals (``None``, ``1e-4``, ``[1,2]``, ``(384,384)``), else a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        if lowered == "none":
+            return None
+        return text
+
+
+def _all_keys(cfg: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
+    for key, value in cfg.items():
+        dotted = f"{prefix}{key}"
+        yield dotted
+        if isinstance(value, Mapping):
+            yield from _all_keys(value, dotted + ".")
+
+
+def apply_overrides(cfg: dict[str, Any], options: Iterable[str], extra_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides; unknown keys fail with the closest valid one.
+
+    ``extra_keys`` are dotted keys that are valid even when the config does not set them (the loop's defaults).
+    Replacing a whole dict (``val_dataloader=None``) is allowed; a key the config doesn't have is not.
+    """
+    cfg = copy.deepcopy(cfg)
+    valid = set(_all_keys(cfg)) | set(extra_keys)
+    for option in options:
+        if "=" not in option:
+            raise ConfigError(f"--cfg-options takes key=value pairs, got {option!r}")
+        key, text = option.split("=", 1)
+        parts = key.split(".")
+        node: Any = cfg
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+                raise _unknown_key(".".join(parts[: depth + 1]), valid)
+            node = node[part]
+        last = parts[-1]
+        if last not in node and key not in valid:
+            raise _unknown_key(key, valid)
+        node[last] = _parse_value(text)
+    return cfg
+
+
+def _unknown_key(key: str, valid: set[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"--cfg-options: the config has no key {key!r}{hint}")
+
+
+def config_text(cfg: Mapping[str, Any]) -> str:
+    """The merged config as a Python file, written into work dirs and checkpoints so runs are reproducible."""
+    return "".join(f"{key} = {value!r}\n" for key, value in cfg.items())

@@ -1,0 +1,38 @@
+"""Data for training MTP segmentation models without MMCV: GDAL datasets, MMSeg-equal transforms, seeded sampling.
+
+Typical use by the training loop::
+
+    dataset = build_dataset(cfg.train_dataloader["dataset"])        # dataset[(index, seed_key)] -> packed sample
+    sampler = InfiniteSampler(len(dataset), seed=seed, rank=rank, world_size=world, start=iteration * batch)
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=8, collate_fn=collate)
+    imgs, gts = SegDataPreProcessor(mean, std, size=(384, 384))(next(iter(loader)), device)
+
+Packed sample: ``{"img": uint8 (3, H, W) RGB, "gt": uint8 (H, W) or None, "meta": {"path", "ori_shape", ...}}``.
+"""
+from .datasets import DATASETS, SegDataset, SpaceNetV1Dataset, SpaceNetV1RawDataset, build_dataset, collate
+from .preprocess import SegDataPreProcessor
+from .sampler import InfiniteSampler
+from .transforms import (
+    TRANSFORMS,
+    Compose,
+    LoadAnnotations,
+    LoadImageFromFile,
+    PackSegInputs,
+    PhotoMetricDistortion,
+    RandomCrop,
+    RandomFlip,
+    RandomResize,
+    Resize,
+    Transform,
+    build_pipeline,
+    rasterize_geojson,
+    read_label,
+    read_rgb,
+)
+
+__all__ = [
+    "DATASETS", "TRANSFORMS", "Compose", "InfiniteSampler", "LoadAnnotations", "LoadImageFromFile", "PackSegInputs",
+    "PhotoMetricDistortion", "RandomCrop", "RandomFlip", "RandomResize", "Resize", "SegDataPreProcessor",
+    "SegDataset", "SpaceNetV1Dataset", "SpaceNetV1RawDataset", "Transform", "build_dataset", "build_pipeline",
+    "collate", "rasterize_geojson", "read_label", "read_rgb",
+]

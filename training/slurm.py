@@ -1,0 +1,106 @@
+"""``mtp-slurm CONFIG --nodes N --gpus-per-node G ...``: a ready sbatch script for training, submitted unless --dry-run.
+
+One task per GPU (``srun`` starts them, ``--launcher slurm`` wires them up), ``--requeue``, and USR1 three minutes
+before the time limit: the trainer then checkpoints and exits with ``REQUEUE_EXIT_CODE``, on which the script
+requeues the job, and the requeued job resumes from the last checkpoint (``--resume`` is always passed).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from mtp_core.io_utils import atomic_path
+from training.loop import REQUEUE_EXIT_CODE
+
+SIGNAL_LEAD_S = 180
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtp-slurm", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--gpus-per-node", type=int, default=8)
+    parser.add_argument("--partition", required=True)
+    parser.add_argument("--time", required=True, help="time limit, e.g. 24:00:00 or 2-00:00:00")
+    parser.add_argument("--cpus-per-task", type=int, default=8)
+    parser.add_argument("--account", default=None)
+    parser.add_argument("--job-name", default=None)
+    parser.add_argument("--work-dir", default=None, help="default: ./work_dirs/CONFIG_NAME")
+    parser.add_argument("--dry-run", action="store_true", help="write the script and print it, do not submit")
+    parser.epilog = "Arguments after '--' go to training.train, e.g.: -- --amp --cfg-options train_cfg.max_iters=1000"
+    return parser
+
+
+def sbatch_script(args: argparse.Namespace, work_dir: Path, python: str, repo: Path) -> str:
+    train = [python, "-m", "training.train", str(Path(args.config).resolve()), "--work-dir", str(work_dir.resolve()),
+             "--launcher", "slurm", "--resume", *args.train_args]
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={args.job_name or Path(args.config).stem}",
+        f"#SBATCH --partition={args.partition}",
+        *([f"#SBATCH --account={args.account}"] if args.account else []),
+        f"#SBATCH --nodes={args.nodes}",
+        f"#SBATCH --ntasks-per-node={args.gpus_per_node}",
+        f"#SBATCH --gres=gpu:{args.gpus_per_node}",
+        f"#SBATCH --cpus-per-task={args.cpus_per_task}",
+        f"#SBATCH --time={args.time}",
+        f"#SBATCH --output={work_dir.resolve()}/slurm-%j.out",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --requeue",
+        f"#SBATCH --signal=USR1@{SIGNAL_LEAD_S}",
+        "",
+        "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+        f"cd {shlex.quote(str(repo))}",
+        "srun --kill-on-bad-exit=1 " + shlex.join(train),
+        "rc=$?",
+        f'if [ "$rc" -eq {REQUEUE_EXIT_CODE} ]; then',
+        '  echo "stopped for preemption or the time limit: requeueing job $SLURM_JOB_ID"',
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "fi",
+        'exit "$rc"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = build_parser().parse_args(argv[:split])
+    args.train_args = argv[split + 1 :]
+    problems = []
+    if not Path(args.config).is_file():
+        problems.append(f"config file not found: {args.config}")
+    if args.nodes < 1 or args.gpus_per_node < 1:
+        problems.append("--nodes and --gpus-per-node must be >= 1")
+    if not re.fullmatch(r"(\d+-)?\d+(:\d{2}){0,2}", args.time):
+        problems.append(f"--time {args.time!r} is not a Slurm time (e.g. 24:00:00 or 2-00:00:00)")
+    if problems:
+        print("mtp-slurm: error: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    work_dir = Path(args.work_dir or Path("work_dirs") / Path(args.config).stem)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    script = work_dir / "slurm_train.sh"
+    with atomic_path(script) as tmp:
+        tmp.write_text(sbatch_script(args, work_dir, sys.executable, Path.cwd().resolve()), encoding="utf-8")
+    script.chmod(0o755)
+    if args.dry_run:
+        print(script.read_text(encoding="utf-8"))
+        print(f"# written to {script}; submit with: sbatch {script}")
+        return 0
+    if shutil.which("sbatch") is None:
+        print(f"mtp-slurm: error: sbatch not found on this machine; the script is in {script}", file=sys.stderr)
+        return 2
+    result = subprocess.run(["sbatch", str(script)], capture_output=True, text=True)
+    print(result.stdout.strip() or result.stderr.strip())
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
