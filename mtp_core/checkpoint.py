@@ -18,7 +18,7 @@ import math
 import os
 import pickle
 import re
-import tempfile
+import threading
 import time
 import zipfile
 from collections import Counter, OrderedDict
@@ -34,11 +34,13 @@ from torch import Tensor, nn
 
 import mtp_core
 from mtp_core.device import resolve_device
+from mtp_core.io_utils import atomic_torch_save
 from mtp_core.models.card import ModelCard
 from mtp_core.models.registry import create_model, default_card, list_models, model_entry
 
 __all__ = [
     "CheckpointError",
+    "InertList",
     "InertObject",
     "LAYOUTS",
     "LoadReport",
@@ -80,6 +82,7 @@ INERT_GLOBALS = frozenset({"argparse.Namespace"})
 # torch.save of a Python int (the legacy format's first record, ``torch.serialization.MAGIC_NUMBER``), protocol 2.
 _LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]
 _MIN_TORCH_FOR_OBJECTS = "2.6"  # get_unsafe_globals_in_checkpoint (2.5) and (object, "name") safe globals (2.6)
+_SAFE_GLOBALS_LOCK = threading.Lock()
 
 
 class InertObject:
@@ -262,7 +265,8 @@ def _corrupt_error(path: Path, exc: Exception) -> CheckpointError:
 
 
 def _torch_load(path: Path, mapping: dict[str, Any]) -> Any:
-    with torch.serialization.safe_globals([(obj, name) for name, obj in mapping.items()]):
+    # safe_globals edits one process-wide set: a concurrent load leaving its context would remove our entries.
+    with _SAFE_GLOBALS_LOCK, torch.serialization.safe_globals([(obj, name) for name, obj in mapping.items()]):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -329,6 +333,7 @@ _HEAD_PREFIXES = tuple(f"{h}." for h in _HEAD_NAMES)
 # decoder, a classification head.
 _BACKBONE_EXTRAS = ("norm.", "cls_token", "mask_token", "decoder_", "fc_norm.", "head.")
 _REL_POS_SUFFIXES = ("full_attn_rel_pos_h", "full_attn_rel_pos_w")
+_PATCH_SIZE = 16  # every MTP model (RVSAViT supports no other)
 
 
 def _card_dict(obj: Any) -> dict[str, Any] | None:
@@ -531,11 +536,16 @@ class LoadReport:
 
 
 def _compact(keys: list[str], limit: int = 8) -> str:
-    """Keys grouped by pattern (block numbers as ``*``) with counts, so 74 head keys fit on one line."""
-    counts = Counter(re.sub(r"(?<=\.)\d+(?=\.|$)", "*", k) for k in keys)
+    """Keys grouped by pattern (indices as ``*``), shortened to module prefixes until at most ``limit`` groups are
+    left, so the 74 keys of a decode head fit on one line (the full lists stay in the report)."""
+    patterns = [re.sub(r"(?<=\.)\d+(?=\.|$)", "*", k).split(".") for k in keys]
+    depth = max((len(p) for p in patterns), default=1)
+    while depth > 1 and len({tuple(p[:depth]) for p in patterns}) > limit:
+        depth -= 1
+    counts = Counter(".".join(p[:depth]) + (".*" if len(p) > depth else "") for p in patterns)
     shown = [f"{p} (x{n})" if n > 1 else p for p, n in list(counts.items())[:limit]]
     if len(counts) > limit:
-        shown.append(f"... {len(counts) - limit} more patterns")
+        shown.append(f"... {len(counts) - limit} more")
     return ", ".join(shown)
 
 
@@ -780,25 +790,6 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
-def _atomic_save(obj: Any, path: PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then ``os.replace``: readers never see a partial file."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"cannot write the checkpoint: {path} is a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp_name, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: PathLike, model: nn.Module, card: ModelCard, **extra_meta: Any) -> None:
     """Write ``{"state_dict", "meta": {"model_card", "mtp_core_version", ...}}`` atomically.
 
@@ -820,7 +811,7 @@ def save_checkpoint(path: PathLike, model: nn.Module, card: ModelCard, **extra_m
     }
     _check_plain(meta, "meta")
     state = OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items())
-    _atomic_save({"state_dict": state, "meta": meta}, path)
+    atomic_torch_save({"state_dict": state, "meta": meta}, path)
 
 
 def _file_classes(state: Mapping[str, Tensor]) -> int | None:
@@ -886,16 +877,17 @@ def _target_for(
             f"{architecture} needs its full arguments, which only our checkpoints' model cards hold; for this file "
             f"pick one of {', '.join(_preset_segmentors())}"
         )
-    args: dict[str, Any] = {"num_classes": num_classes or _file_classes(state) or 2}
-    channels = int(state[parts.semseg_decoder["conv_seg.weight"]].shape[1]) if semseg and parts.semseg_decoder else None
-    channels = channels or _head_channels(state)
+    file_classes = _file_classes(state)
+    args: dict[str, Any] = {"num_classes": num_classes if num_classes is not None else file_classes or 2}
+    semseg_seg = parts.semseg_decoder.get("conv_seg.weight") if semseg else None
+    channels = int(state[semseg_seg].shape[1]) if semseg_seg else _head_channels(state)
     if channels is not None:
         args["decode_channels"] = channels
     pos = parts.backbone.get("pos_embed")
-    if parts.heads and pos is not None:  # fine-tuned: the model ran at its crop size
+    if parts.heads and pos is not None:  # a fine-tuned model ran at its crop size (LoveDA: 512), keep it
         grid = math.isqrt(state[pos].shape[1])
-        if grid * grid == state[pos].shape[1] and grid * 16 != 384:
-            args["img_size"] = grid * 16
+        if grid * grid == state[pos].shape[1]:
+            args["img_size"] = grid * _PATCH_SIZE
     card = default_card(architecture, **args)
     if "img_size" in args:
         card = card.replace(tile=args["img_size"])
@@ -989,7 +981,7 @@ def _convert_rotdet(
             f"rotated-detection decoder (rotdetdecoder.*); {src} is a {LAYOUTS[layout]} file without one"
         )
     renamed = change_ckpt_rename(state)
-    _atomic_save({"state_dict": renamed}, dst)
+    atomic_torch_save({"state_dict": renamed}, dst)
     return LoadReport(
         layout=layout,
         source=str(src),

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("dst", help="output checkpoint (.pth); written atomically")
     conv.add_argument("--reuse-decoder", choices=("none", "semseg", "rotdet"), default="none")
     conv.add_argument("--arch", default=None, help="target segmentor name (default: inferred from the weights)")
-    conv.add_argument("--num-classes", type=int, default=None, help="classes of the target head (default: 2)")
+    conv.add_argument("--num-classes", type=int, default=None, help="classes of the target head (default: the file's class count, else 2)")
     conv.set_defaults(func=cmd_convert_ckpt)
     return parser
 

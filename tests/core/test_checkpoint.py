@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import types
+import zipfile
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from mtp_core.checkpoint import (
     CheckpointError,
+    InertList,
     InertObject,
     LoadReport,
     UnsafeCheckpointError,
@@ -41,6 +43,7 @@ from mtp_core.checkpoint import (
     safe_load,
     save_checkpoint,
 )
+from mtp_core.cli import main
 from mtp_core.models.card import ModelCard
 from mtp_core.models.registry import create_model, default_card
 from tests.conftest import shared_file
@@ -256,6 +259,16 @@ def mmengine_file_object(state: Weights) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------------------
 # Module fixtures: weights, files, models (full-size models take seconds to build: once each)
 # --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fsync_recorder() -> Iterator[list[int]]:
+    """Records instead of flushing: the checkpoint writer's fsync would wait for the hundreds of MB of other test
+    files still in the page cache (10+ s here). Durability is the kernel's job; the calls are checked below."""
+    calls: list[int] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "fsync", calls.append)
+        yield calls
 
 
 @pytest.fixture(scope="module")
@@ -577,8 +590,6 @@ def test_not_a_checkpoint(tmp_path: Path, content: bytes, what: str) -> None:
 
 
 def test_zip_archive_that_is_not_a_checkpoint(tmp_path: Path) -> None:
-    import zipfile
-
     path = tmp_path / "weights.pth"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("readme.txt", "hello")
@@ -666,6 +677,21 @@ def test_openmmlab_named_payload_stays_inert(tmp_path: Path, monkeypatch: pytest
     assert not (tmp_path / "HOOK_MARKER").exists() and "mmengine" not in sys.modules
 
 
+def test_openmmlab_list_subclass_becomes_an_inert_list(tmp_path: Path) -> None:
+    """The unpickler appends only to allow-listed list types: a list subclass gets an InertList stand-in."""
+    hook_list = type("HookList", (list,), {"__module__": "mmengine.hooks"})
+    with pytest.MonkeyPatch.context() as mp:
+        module = types.ModuleType("mmengine.hooks")
+        module.HookList = hook_list
+        mp.setitem(sys.modules, "mmengine", types.ModuleType("mmengine"))
+        mp.setitem(sys.modules, "mmengine.hooks", module)
+        hooks = hook_list(["CheckpointHook", "LoggerHook"])
+        torch.save({"state_dict": {"w": torch.ones(1)}, "hooks": hooks}, tmp_path / "h.pth")
+    hooks = safe_load(tmp_path / "h.pth")["hooks"]
+    assert isinstance(hooks, InertList) and list(hooks) == ["CheckpointHook", "LoggerHook"]
+    assert repr(hooks) == "<inert mmengine.hooks.HookList ['CheckpointHook', 'LoggerHook']>"
+
+
 def test_released_encoder_file_loads_with_its_numpy_loss(files: dict[str, Path]) -> None:
     obj = safe_load(files["encoder_b"])
     assert set(obj) == {"epoch", "iteration", "state_dict", "optimizer", "scheduler", "loss_pretrain"}
@@ -734,11 +760,13 @@ def test_load_model_infers_vit_l_from_the_released_encoder(files: dict[str, Path
     assert torch.equal(state["backbone.blocks.17.mlp.fc1.weight"], l_encoder["blocks.17.mlp.fc1.weight"])
 
 
-def test_save_checkpoint_round_trip_with_card(tmp_path: Path) -> None:
+def test_save_checkpoint_round_trip_with_card(tmp_path: Path, fsync_recorder: list[int]) -> None:
     model = create_model("mtp_vit_tiny_rvsa_upernet", num_classes=3)
     card = default_card("mtp_vit_tiny_rvsa_upernet", num_classes=3).replace(gsd_m=0.3, bands=(3, 2, 1))
     path = tmp_path / "out" / "tiny.pth"
+    calls_before = len(fsync_recorder)
     save_checkpoint(path, model, card, epoch=4, metrics={"mIoU": 0.5})
+    assert len(fsync_recorder) == calls_before + 1  # flushed to disk before the rename
     raw = torch.load(path, map_location="cpu", weights_only=True)  # loads with plain torch, no allow-list
     assert raw["meta"]["model_card"] == card.to_dict() and raw["meta"]["epoch"] == 4
     assert raw["meta"]["mtp_core_version"] and type(raw["meta"]["torch_version"]) is str
@@ -767,8 +795,8 @@ def test_save_checkpoint_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     dst = tmp_path / "model.pth"
     dst.write_bytes(b"previous checkpoint")
 
-    def failing_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        f.write(b"PK\x03\x04 half of a checkpoint")
+    def failing_save(obj: Any, f: Path, *args: Any, **kwargs: Any) -> None:
+        Path(f).write_bytes(b"PK\x03\x04 half of a checkpoint")
         raise OSError("No space left on device")
 
     monkeypatch.setattr(torch, "save", failing_save)
@@ -783,8 +811,6 @@ def test_save_checkpoint_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_cli_converts_a_released_encoder_into_a_finetuning_checkpoint(
     files: dict[str, Path], upernet: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mtp_core.cli import main
-
     out = tmp_path / "vitb_spacenet_init.pth"
     assert main(["convert-ckpt", str(files["encoder_b"]), str(out)]) == 0
     printed = capsys.readouterr().out
@@ -807,8 +833,6 @@ def test_cli_converts_a_released_encoder_into_a_finetuning_checkpoint(
 def test_cli_semseg_and_rotdet_conversions(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mtp_core.cli import main
-
     source = safe_load(files["pretrain_b"])["state_dict"]
     semseg_out = tmp_path / "semseg.pth"
     argv = [str(files["pretrain_b"]), str(semseg_out), "--reuse-decoder", "semseg", "--num-classes", "3"]
