@@ -66,6 +66,12 @@ def cmd_convert_ckpt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(argv: list[str]) -> int:
+    from mtp_core.synthetic import main as synth_main
+
+    return synth_main(argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtp", description="MTP remote-sensing models: inspect, convert, run.")
     parser.add_argument("--version", action="version", version=f"mtp_core {mtp_core.__version__}")
@@ -88,10 +94,16 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--arch", default=None, help="target segmentor name (default: inferred from the weights)")
     conv.add_argument("--num-classes", type=int, default=None, help="classes of the target head (default: the file's class count, else 2)")
     conv.set_defaults(func=cmd_convert_ckpt)
+
+    sub.add_parser("synth", help="write synthetic 0.5 m scenes (GeoTIFF + building GeoJSON); see `mtp synth -h`",
+                   add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["synth"]:  # its own parser (mtp_core.synthetic.main), shared with `python -m mtp_core.synthetic`
+        return cmd_synth(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -9,25 +9,26 @@ rooftop units; paved surfaces share colours with roofs so a model has to use sha
 
 Labels: ``Scene.buildings`` are shapely polygons in pixel coordinates (x right, y down, pixel edges on integers)
 and ``Scene.mask`` is their pixel-centre rasterization (:func:`rasterize_polygons`), so polygon areas and mask
-counts agree. Trees are kept off roofs (a canopy never overlaps a building), so what a model sees as roof is
-exactly what the mask says is roof.
+counts agree. Trees are kept off roofs (canopies are placed clear of buildings, and roofs are painted after
+canopies), so what a model sees as roof is exactly what the mask says is roof.
 
-Everything is numpy + shapely in memory; :func:`write_scene` adds GDAL only to write a GeoTIFF and a GeoJSON.
+Rendering is numpy + shapely in memory; :func:`write_scene` uses GDAL to write a GeoTIFF and a GeoJSON.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import shapely
+from osgeo import gdal, ogr, osr
 from shapely.geometry import LineString, Polygon, box
+
+from mtp_core.io_utils import atomic_path
 
 # Reference colours (sRGB, 0-255). Roofs and paved surfaces deliberately share tones (grey, dark, red, light).
 _PITCHED_ROOFS = np.array(
@@ -318,7 +319,7 @@ def _rooftop_units(rng: np.random.Generator, footprint: Polygon, parts: list[tup
 
 
 def _place(building: _Building, lot_box: Polygon, x0: float, y0: float, angle: float) -> _Building:
-    """Building moved so its local box starts at (x0, y0), rotated about its centre; unrotated if that leaves the lot."""
+    """Building moved so its local box starts at (x0, y0), turned about its centre; unturned if that leaves the lot."""
     cx, cy = building.parts[:, :, 0].max() / 2, building.parts[:, :, 1].max() / 2
 
     def turned(a: float) -> _Building:
@@ -385,15 +386,23 @@ def _residential_lot(rng: np.random.Generator, out: _LotWriter, lot_w: float, lo
     out.building(house)
     _driveway(rng, out, lot_w, kerb, x0, w, setback, d)
     back = setback + d + 1.5
+    built = [house.footprint]
     if rng.random() < 0.35 and lot_d - 0.8 - back > 3.5:
-        _shed(rng, out, lot, house.footprint, lot_w, lot_d, back)
-    if rng.random() < 0.15 and lot_d - 0.8 - back > 4.0:
-        pw, pd = rng.uniform(5.0, 10.0), rng.uniform(3.0, 5.0)
-        if pw < lot_w - 2.0 and pd < lot_d - 1.0 - back:
-            pool = box(*(lambda x, y: (x, y, x + pw, y + pd))(rng.uniform(1.0, lot_w - 1.0 - pw),
-                                                             rng.uniform(back, lot_d - 1.0 - pd)))
-            if pool.distance(house.footprint) > 1.5:
-                out.add("pools", pool)
+        built += _shed(rng, out, lot, house.footprint, lot_w, lot_d, back)
+    if rng.random() < 0.15:
+        _pool(rng, out, built, lot_w, lot_d, back)
+
+
+def _pool(rng: np.random.Generator, out: _LotWriter, built: list[Polygon], lot_w: float, lot_d: float,
+          back: float) -> None:
+    """A swimming pool in the back yard, clear of the lot's buildings."""
+    pw, pd = rng.uniform(5.0, 10.0), rng.uniform(3.0, 5.0)
+    if pw >= lot_w - 2.0 or pd >= lot_d - 1.0 - back:
+        return
+    x, y = rng.uniform(1.0, lot_w - 1.0 - pw), rng.uniform(back, lot_d - 1.0 - pd)
+    pool = box(x, y, x + pw, y + pd)
+    if all(pool.distance(b) > 1.5 for b in built):
+        out.add("pools", pool)
 
 
 def _driveway(rng: np.random.Generator, out: _LotWriter, lot_w: float, kerb: float, x0: float, w: float,
@@ -414,11 +423,11 @@ def _driveway(rng: np.random.Generator, out: _LotWriter, lot_w: float, kerb: flo
 
 
 def _shed(rng: np.random.Generator, out: _LotWriter, lot: Polygon, house: Polygon, lot_w: float, lot_d: float,
-          back: float) -> None:
-    """A small outbuilding in the back yard, kept at least 1.5 m from the house."""
+          back: float) -> list[Polygon]:
+    """A small outbuilding in the back yard, at least 1.5 m from the house; its footprint, if one fits."""
     sw, sd = rng.uniform(5.0, 8.0), rng.uniform(4.0, 6.0)
     if sw > lot_w - 1.6 or sd > lot_d - 0.8 - back:
-        return
+        return []
     roof = _choose(rng, ["gable", "flat"], [0.6, 0.4])
     shed = _make_building(rng, "rect", sw, sd, roof, rng.uniform(2.2, 3.2))
     for _ in range(4):
@@ -426,7 +435,8 @@ def _shed(rng: np.random.Generator, out: _LotWriter, lot: Polygon, house: Polygo
         placed = _place(shed, lot.buffer(-0.5), x, y, rng.normal(0.0, np.radians(2.0)))
         if placed.footprint.distance(house) >= 1.5:
             out.building(placed)
-            return
+            return [placed.footprint]
+    return []
 
 
 def _commercial_lot(rng: np.random.Generator, out: _LotWriter, lot_w: float, lot_d: float, kerb: float,
@@ -522,14 +532,12 @@ def _layout(rng: np.random.Generator, height: int, width: int, gsd_m: float, sty
     mains = [_street(rng, -reach - rng.uniform(0, 60.0))]
     while mains[-1].centre < reach + 60.0:
         nxt = _street(rng, 0.0)
-        centre = mains[-1].centre + mains[-1].reach + nxt.reach + rng.uniform(44.0, 68.0)
-        mains.append(_Street(centre, nxt.half, nxt.verge, nxt.sidewalk))
+        mains.append(replace(nxt, centre=mains[-1].centre + mains[-1].reach + nxt.reach + rng.uniform(44.0, 68.0)))
     crossings: list[list[_Street]] = []
     for a, b in zip(mains[:-1], mains[1:]):
         row = [_street(rng, -reach - rng.uniform(0, 120.0))]
         while row[-1].centre < reach + 120.0:
-            nxt = _street(rng, 0.0)
-            row.append(_Street(row[-1].centre + rng.uniform(100.0, 230.0), nxt.half, nxt.verge, nxt.sidewalk))
+            row.append(_street(rng, row[-1].centre + rng.uniform(100.0, 230.0)))
         crossings.append(row)
         for cross in row:
             if view.intersects(box(cross.centre - cross.reach, a.centre, cross.centre + cross.reach, b.centre)):
@@ -548,7 +556,7 @@ def _layout(rng: np.random.Generator, height: int, width: int, gsd_m: float, sty
     return plan
 
 
-def _dashes(plan: _Plan, style: _Style, st: _Street, lo: float, hi: float, along_u: bool, view,
+def _dashes(plan: _Plan, style: _Style, st: _Street, lo: float, hi: float, along_u: bool, view: Polygon,
             crossings: list[_Street]) -> None:
     """Dashed centre line (3 m on, 3 m off) on streets wide enough for two lanes, interrupted at junctions."""
     if st.half < 3.4:
@@ -564,14 +572,15 @@ def _dashes(plan: _Plan, style: _Style, st: _Street, lo: float, hi: float, along
 
 
 def _street_life(rng: np.random.Generator, plan: _Plan, st: _Street, reach: float, crossings: list[_Street],
-                 view) -> None:
+                 view: Polygon) -> None:
     """Cars parked along the kerb and street trees on wide verges."""
     park = rng.uniform(0.0, 0.35) if rng.random() < 0.6 else 0.0
     trees = st.verge >= 1.5 and rng.random() < 0.6
     spacing = rng.uniform(9.0, 14.0)
     for sign in (-1.0, 1.0):
         for u in np.arange(-reach, reach, 6.5):
-            if any(abs(u - c.centre) < c.reach + 6.0 for c in crossings) or not view.contains(shapely.Point(u, st.centre)):
+            at_junction = any(abs(u - c.centre) < c.reach + 6.0 for c in crossings)
+            if at_junction or not view.contains(shapely.Point(u, st.centre)):
                 continue
             if rng.random() < park:
                 corners, rgb = _car(rng, u, st.centre + sign * (st.half - 1.25), along_x=True)
@@ -631,7 +640,7 @@ def _keep_trees_off(plan: _Plan) -> None:
         if obstacles:
             _, dist = shapely.STRtree(obstacles).query_nearest(shapely.points(trees[:, :2]), return_distance=True,
                                                                all_matches=False)
-            keep &= dist >= trees[:, 2] + margin
+            keep &= dist >= trees[:, 2] * 1.15 + margin  # canopies are lumpy, up to ~1.2 r
     plan.trees = [t for t, k in zip(plan.trees, keep) if k]
 
 
@@ -792,56 +801,73 @@ def _swept(polygons: list[Polygon], offsets: np.ndarray) -> list[Polygon]:
     return list(geoms) + list(moved) + list(quads)
 
 
+def _part_under(idx: np.ndarray, bld: np.ndarray, plan: _Plan, parts: np.ndarray, height: int,
+                width: int) -> np.ndarray:
+    """Roof rectangle (index into ``parts``) of each building pixel; later parts win where wings overlap."""
+    counts = [len(b.parts) for b in plan.buildings]
+    part_bld = np.repeat(np.arange(len(plan.buildings)), counts)
+    first_part = np.cumsum([0] + counts[:-1])
+    part_map = np.full(height * width, -1, np.int64)
+    flat, part = _scan_pixels(list(shapely.polygons(parts)), height, width)
+    part_map[flat] = part
+    part = part_map[idx]
+    # A pixel on a footprint edge can miss every rectangle by rounding: it takes its building's main part.
+    return np.where((part >= 0) & (part_bld[np.maximum(part, 0)] == bld), part, first_part[bld])
+
+
+def _part_frames(parts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centre, ridge direction (unit, along the long side), half length and half width of each roof rectangle."""
+    e1, e2 = parts[:, 1] - parts[:, 0], parts[:, 3] - parts[:, 0]
+    l1, l2 = np.linalg.norm(e1, axis=1), np.linalg.norm(e2, axis=1)
+    long1 = l1 >= l2
+    axis = np.where(long1[:, None], e1 / l1[:, None], e2 / l2[:, None])
+    return parts.mean(axis=1), axis, np.where(long1, l1, l2) / 2, np.where(long1, l2, l1) / 2
+
+
+def _outline(labels: np.ndarray, idx: np.ndarray, width: int) -> np.ndarray:
+    """Whether each labelled pixel touches another label (4-neighbourhood): where a flat roof has its parapet."""
+    edge = np.zeros(idx.size, bool)
+    for step in (1, -1, width, -width):
+        edge |= labels[np.clip(idx + step, 0, labels.size - 1)] != labels[idx]
+    return edge
+
+
 def _roofs(img: np.ndarray, labels: np.ndarray, owner: np.ndarray, plan: _Plan, style: _Style, tex: _Textures,
            width: int, gsd_m: float) -> None:
-    """Per-pixel roof colour: facet lighting for gable/hip roofs (with ridge lines), flat roofs with parapets."""
+    """Per-pixel roof colour: Lambert-lit facets for gable/hip roofs with ridge lines, flat roofs with parapets.
+
+    Each pixel is expressed in its roof rectangle's frame (a along the ridge, b across it); the facet follows from
+    which side of the ridge (gable) or of the hip diagonals (hip) the pixel lies on.
+    """
     idx = np.flatnonzero(labels)
     if idx.size == 0:
         return
     bld = owner[labels[idx] - 1]
     parts = np.concatenate([b.parts for b in plan.buildings])
-    part_bld = np.repeat(np.arange(len(plan.buildings)), [len(b.parts) for b in plan.buildings])
-    first_part = np.cumsum([0] + [len(b.parts) for b in plan.buildings[:-1]])
-    part_map = np.zeros(labels.size, np.int64)
-    fidx, fpart = _scan_pixels(list(shapely.polygons(parts)), labels.size // width, width)
-    part_map[fidx] = fpart + 1
-    part = part_map[idx] - 1
-    part = np.where((part >= 0) & (part_bld[np.maximum(part, 0)] == bld), part, first_part[bld])
-
-    e1, e2 = parts[:, 1] - parts[:, 0], parts[:, 3] - parts[:, 0]
-    l1, l2 = np.linalg.norm(e1, axis=1), np.linalg.norm(e2, axis=1)
-    long1 = l1 >= l2
-    axis = np.where(long1[:, None], e1 / l1[:, None], e2 / l2[:, None])
-    half_len, half_wid = np.where(long1, l1, l2) / 2, np.where(long1, l2, l1) / 2
-    centre = parts.mean(axis=1)
-    px = idx % width + 0.5 - centre[part, 0]
-    py = idx // width + 0.5 - centre[part, 1]
+    part = _part_under(idx, bld, plan, parts, labels.size // width, width)
+    centre, axis, half_len, half_wid = _part_frames(parts)
+    px, py = idx % width + 0.5 - centre[part, 0], idx // width + 0.5 - centre[part, 1]
     ax, ay = axis[part, 0], axis[part, 1]
     a, b = px * ax + py * ay, -px * ay + py * ax
     hl, hw = half_len[part], half_wid[part]
 
     roof = np.array([b_.roof for b_ in plan.buildings])[bld]
     hip_end = (roof == "hip") & (hl - np.abs(a) < hw - np.abs(b))
-    nx = np.where(hip_end, np.sign(a) * ax, np.sign(b) * -ay)
+    nx = np.where(hip_end, np.sign(a) * ax, np.sign(b) * -ay)  # horizontal direction the facet faces
     ny = np.where(hip_end, np.sign(a) * ay, np.sign(b) * ax)
     sun = np.array([np.sin(style.sun_azimuth), -np.cos(style.sun_azimuth)])
     pitch = np.array([b_.pitch for b_ in plan.buildings])[bld]
-    lum = np.sin(pitch) * np.cos(style.sun_elevation) * (nx * sun[0] + ny * sun[1]) + np.cos(pitch) * np.sin(
-        style.sun_elevation)
-    factor = np.where(roof == "flat", 1.0, 0.3 + 0.7 * lum / np.sin(style.sun_elevation))
+    sin_el, cos_el = np.sin(style.sun_elevation), np.cos(style.sun_elevation)
+    lum = np.sin(pitch) * cos_el * (nx * sun[0] + ny * sun[1]) + np.cos(pitch) * sin_el
+    factor = np.where(roof == "flat", 1.0, 0.3 + 0.7 * lum / sin_el)  # 0.3: sky light reaches every facet
     ridge_px = 0.35 / gsd_m
     factor *= np.where((roof != "flat") & (np.abs(b) < ridge_px) & ~hip_end, 1.08, 1.0)
     factor *= np.where((roof == "hip") & (np.abs((hl - np.abs(a)) - (hw - np.abs(b))) < ridge_px), 1.06, 1.0)
-    lab = labels
-    n = lab.size
-    edge = np.zeros(idx.size, bool)
-    for step in (1, -1, width, -width):
-        edge |= lab[np.clip(idx + step, 0, n - 1)] != lab[idx]
-    factor *= np.where((roof == "flat") & edge, 1.15, 1.0)
+    factor *= np.where((roof == "flat") & _outline(labels, idx, width), 1.15, 1.0)
 
     rgb = np.array([b_.rgb for b_ in plan.buildings], np.float32)[bld]
     grain = np.where(roof == "flat", 0.03, 0.07)
-    shade = (factor * (1.0 + 0.05 * tex.mid.flat[idx] + grain * tex.fine.flat[idx] + 0.03 * tex.grain.flat[idx]))
+    shade = factor * (1.0 + 0.05 * tex.mid.flat[idx] + grain * tex.fine.flat[idx] + 0.03 * tex.grain.flat[idx])
     img[idx] = rgb * shade[:, None].astype(np.float32)
 
     solar = np.array([b_.solar for b_ in plan.buildings])[bld] & ~hip_end
@@ -896,7 +922,7 @@ def _clip_to_scene(footprints: list[Polygon], height: int, width: int) -> tuple[
 
 
 def render_scene(height: int, width: int, seed: int, gsd_m: float = 0.5) -> Scene:
-    """Renders a synthetic suburb of ``height`` x ``width`` pixels at ``gsd_m`` metres per pixel, deterministic per seed.
+    """A synthetic suburb of ``height`` x ``width`` pixels at ``gsd_m`` metres per pixel, the same for the same seed.
 
     The mask is the pixel-centre rasterization of ``Scene.buildings`` (see :func:`rasterize_polygons`).
     """
@@ -918,15 +944,10 @@ def render_scene(height: int, width: int, seed: int, gsd_m: float = 0.5) -> Scen
     _streets(img, plan, style, tex, height, width)
     _pools(img, plan, tex, height, width, gsd_m)
     _cars(img, plan, tex, height, width)
-    footprints = [b.footprint for b in plan.buildings]
-    heights = np.array([b.height_m for b in plan.buildings])
-    casters = _swept(footprints, shadow_px_per_m[None, :] * heights[:, None]) if footprints else []
-    casters += _swept([shapely.polygons(c) for c, _ in plan.cars],
-                      np.repeat(shadow_px_per_m[None, :] * 1.5, len(plan.cars), axis=0)) if plan.cars else []
-    shadow = _coverage(casters, height, width)
+    shadow = _cast_shadows(plan, shadow_px_per_m, height, width)
     _trees(img, shadow, plan, style, tex, height, width, shadow_px_per_m)
 
-    buildings, owner = _clip_to_scene(footprints, height, width)
+    buildings, owner = _clip_to_scene([b.footprint for b in plan.buildings], height, width)
     labels = rasterize_polygons(buildings, height, width).ravel()
     mask = labels > 0
     soft = _soften(shadow.reshape(height, width)).ravel()
@@ -936,6 +957,13 @@ def render_scene(height: int, width: int, seed: int, gsd_m: float = 0.5) -> Scen
     image = _finish(rng, img, height, width)
     return Scene(image, mask.reshape(height, width).astype(np.uint8), buildings, gsd_m, seed,
                  float(np.degrees(style.sun_azimuth)))
+
+
+def _cast_shadows(plan: _Plan, shadow_px_per_m: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Ground covered by the shadows of buildings (each by its own height) and cars (1.5 m), as a flat mask."""
+    casters = [b.footprint for b in plan.buildings] + [shapely.polygons(c) for c, _ in plan.cars]
+    heights = np.array([b.height_m for b in plan.buildings] + [1.5] * len(plan.cars))
+    return _coverage(_swept(casters, heights[:, None] * shadow_px_per_m[None, :]), height, width)
 
 
 def _soften(mask: np.ndarray) -> np.ndarray:
@@ -955,60 +983,50 @@ def write_scene(scene: Scene, tif_path: str | os.PathLike, geojson_path: str | o
     """Writes the image as a north-up GeoTIFF and, if asked, the buildings as GeoJSON in the same CRS.
 
     ``origin`` is the map position of the image's top-left corner; the pixel size is ``scene.gsd_m`` CRS units.
-    Each file is written under a temporary name in its target directory and moved into place, so a reader never
-    sees a half-written file.
+    Both files go through :func:`mtp_core.io_utils.atomic_path`, so a reader never sees a half-written file.
     """
-    from osgeo import gdal, ogr, osr  # here, not at the top: rendering needs no GDAL
-
     gdal.UseExceptions()  # a failed write must raise, not leave a half-made file behind
     ogr.UseExceptions()
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(epsg)
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    geotransform = (origin[0], scene.gsd_m, 0.0, origin[1], 0.0, -scene.gsd_m)
-    height, width = scene.mask.shape
-
-    def tif(tmp: Path) -> None:
-        ds = gdal.GetDriverByName("GTiff").Create(
-            str(tmp), width, height, 3, gdal.GDT_Byte,
-            ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "PREDICTOR=2", "PHOTOMETRIC=RGB"])
-        ds.SetGeoTransform(geotransform)
-        ds.SetProjection(srs.ExportToWkt())
-        for band in range(3):
-            ds.GetRasterBand(band + 1).WriteArray(scene.image[:, :, band])
-        ds.FlushCache()
-        ds = None
-
-    def geojson(tmp: Path) -> None:
-        ds = ogr.GetDriverByName("GeoJSON").CreateDataSource(str(tmp))
-        layer = ds.CreateLayer("buildings", srs, ogr.wkbPolygon, ["RFC7946=NO", "COORDINATE_PRECISION=6"])
-        layer.CreateField(ogr.FieldDefn("id", ogr.OFTInteger))
-        layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
-        scale, offset = np.array([scene.gsd_m, -scene.gsd_m]), np.array(origin)
-        for i, polygon in enumerate(scene.buildings):
-            feature = ogr.Feature(layer.GetLayerDefn())
-            feature.SetField("id", i + 1)
-            feature.SetField("class", "building")
-            in_map = shapely.transform(polygon, lambda xy: xy * scale + offset)
-            feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(in_map)))
-            layer.CreateFeature(feature)
-        ds = None
-
-    tif_path = _atomic_write(Path(tif_path), tif)
-    return tif_path, (_atomic_write(Path(geojson_path), geojson) if geojson_path is not None else None)
+    with atomic_path(tif_path) as tmp:
+        _write_geotiff(tmp, scene.image, (origin[0], scene.gsd_m, 0.0, origin[1], 0.0, -scene.gsd_m), srs)
+    if geojson_path is None:
+        return Path(tif_path), None
+    to_map = np.array([[scene.gsd_m, 0.0, origin[0]], [0.0, -scene.gsd_m, origin[1]], [0.0, 0.0, 1.0]])
+    with atomic_path(geojson_path) as tmp:
+        tmp.unlink()  # the GeoJSON driver refuses to write over a file, even an empty one
+        _write_geojson(tmp, [_apply(to_map, p) for p in scene.buildings], srs)
+    return Path(tif_path), Path(geojson_path)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Runs ``write`` on a path in a fresh temporary directory beside ``path``, then renames the result into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        tmp = tmp_dir / path.name
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return path
+def _write_geotiff(path: Path, image: np.ndarray, geotransform: tuple, srs: osr.SpatialReference) -> None:
+    height, width, bands = image.shape
+    ds = gdal.GetDriverByName("GTiff").Create(
+        str(path), width, height, bands, gdal.GDT_Byte,
+        ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "PREDICTOR=2", "PHOTOMETRIC=RGB"])
+    ds.SetGeoTransform(geotransform)
+    ds.SetProjection(srs.ExportToWkt())
+    for band in range(bands):
+        ds.GetRasterBand(band + 1).WriteArray(image[:, :, band])
+    ds.FlushCache()
+    ds = None  # closing is what completes the file
+
+
+def _write_geojson(path: Path, polygons: list[Polygon], srs: osr.SpatialReference) -> None:
+    """Polygons with ``id`` (1-based) and ``class``; RFC7946=NO keeps the projected CRS and names it in ``crs``."""
+    ds = ogr.GetDriverByName("GeoJSON").CreateDataSource(str(path))
+    layer = ds.CreateLayer("buildings", srs, ogr.wkbPolygon, ["RFC7946=NO", "COORDINATE_PRECISION=6"])
+    layer.CreateField(ogr.FieldDefn("id", ogr.OFTInteger))
+    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+    for i, polygon in enumerate(polygons):
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetField("id", i + 1)
+        feature.SetField("class", "building")
+        feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(polygon)))
+        layer.CreateFeature(feature)
+    ds = None  # closing is what completes the file
 
 
 def generate_scene_files(out_dir: str | os.PathLike, name: str, height: int, width: int, seed: int,
@@ -1022,7 +1040,8 @@ def generate_scene_files(out_dir: str | os.PathLike, name: str, height: int, wid
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mtp_core.synthetic OUT_DIR --size 1024 --seed 0 --count 3``: writes NAME_i.tif/.geojson."""
     parser = argparse.ArgumentParser(prog="python -m mtp_core.synthetic",
-                                     description="Write synthetic aerial scenes (GeoTIFF) with building labels (GeoJSON).")
+                                     description="Write synthetic aerial scenes (GeoTIFF) with building labels "
+                                                 "(GeoJSON).")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--size", type=int, default=1024, help="scene height and width in pixels (default 1024)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first scene; scene i uses seed + i")
@@ -1030,13 +1049,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gsd", type=float, default=0.5, help="metres per pixel (default 0.5)")
     parser.add_argument("--epsg", type=int, default=32633, help="projected CRS of the outputs (default 32633)")
     parser.add_argument("--name", default="scene", help="file name prefix (default scene)")
+    parser.add_argument("--layout", choices=("flat", "spacenet"), default="flat",
+                        help="flat: NAME_i.tif + NAME_i.geojson; spacenet: SpaceNet v1's 3band/3band_NAME_img<i>.tif "
+                             "+ vectorData/geoJson/NAME_img<i>_Geo.geojson, for training.data's raw SpaceNet dataset")
     args = parser.parse_args(argv)
     if args.size <= 0 or args.count <= 0 or args.gsd <= 0:
         parser.error("--size, --count and --gsd must be positive")
     for i in range(args.count):
         scene = render_scene(args.size, args.size, args.seed + i, args.gsd)
-        tif, geojson = write_scene(scene, args.out_dir / f"{args.name}_{i}.tif",
-                                   args.out_dir / f"{args.name}_{i}.geojson", epsg=args.epsg)
+        if args.layout == "spacenet":
+            chip = f"{args.name}_img{i + 1}"
+            paths = (args.out_dir / "3band" / f"3band_{chip}.tif",
+                     args.out_dir / "vectorData" / "geoJson" / f"{chip}_Geo.geojson")
+        else:
+            paths = (args.out_dir / f"{args.name}_{i}.tif", args.out_dir / f"{args.name}_{i}.geojson")
+        tif, geojson = write_scene(scene, *paths, epsg=args.epsg)
         print(f"{tif} + {geojson}: seed {args.seed + i}, {len(scene.buildings)} buildings, "
               f"{scene.cover:.1%} building cover")
     return 0

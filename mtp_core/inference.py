@@ -1,0 +1,364 @@
+"""Tiled, streamed inference: any raster in, a class GeoTIFF (and optionally probabilities) out.
+
+Tiles are read in a background thread, run in batches on the device, and their softmax probabilities are blended
+(``tiling.blend_weights``) into an accumulator that only spans the tile rows in flight; rows no later tile can touch
+are finished and written immediately. Memory therefore depends on tile size, batch size and raster width, never on
+raster height. Tiles that are entirely nodata are not run, and nodata stays nodata in every output.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Protocol
+
+import numpy as np
+import torch
+
+from mtp_core.device import describe_device, resolve_device
+from mtp_core.models import EncoderDecoder, ModelCard
+from mtp_core.progress import CancelCallback, Progress, ProgressCallback, check_cancel
+from mtp_core.tiling import Tile, TileGrid, blend_weights
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+CLASS_NODATA = 255
+
+
+class TileSource(Protocol):
+    """Where tiles come from: scaled band values (C, t, t) float32 on the 0–255 scale and a validity mask (t, t)."""
+
+    height: int
+    width: int
+
+    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class RowSink(Protocol):
+    """Where finished rows go: classes (n, W) uint8 and probabilities (K, n, W) float32 (or None if not wanted)."""
+
+    def write_rows(self, y0: int, classes: np.ndarray, probs: np.ndarray | None) -> None: ...
+
+
+@dataclass
+class ArraySource:
+    """An in-memory image (H, W, C) already on the 0–255 scale, e.g. a window around a click."""
+
+    image: np.ndarray
+    valid: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.image.ndim != 3:
+            raise ValueError(f"image must be (height, width, bands), got shape {self.image.shape}")
+        self.height, self.width = self.image.shape[:2]
+        if self.valid is None:
+            self.valid = np.ones((self.height, self.width), dtype=bool)
+
+    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        t = tile.size
+        data = np.zeros((self.image.shape[2], t, t), dtype=np.float32)
+        valid = np.zeros((t, t), dtype=bool)
+        window = self.image[tile.y : tile.y + t, tile.x : tile.x + t]
+        h, w = window.shape[:2]
+        data[:, :h, :w] = np.moveaxis(window, -1, 0)
+        valid[:h, :w] = self.valid[tile.y : tile.y + h, tile.x : tile.x + w]
+        return data, valid
+
+
+@dataclass
+class ArraySink:
+    """Collects the outputs of an in-memory prediction."""
+
+    height: int
+    width: int
+    num_classes: int
+    classes: np.ndarray = field(init=False)
+    probs: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.classes = np.full((self.height, self.width), CLASS_NODATA, dtype=np.uint8)
+        self.probs = np.zeros((self.num_classes, self.height, self.width), dtype=np.float32)
+
+    def write_rows(self, y0: int, classes: np.ndarray, probs: np.ndarray | None) -> None:
+        self.classes[y0 : y0 + classes.shape[0]] = classes
+        if probs is not None:
+            self.probs[:, y0 : y0 + classes.shape[0]] = probs
+
+
+class _RowAccumulator:
+    """Weighted probability sums for the raster rows [top, top + rows) that tiles in flight still touch."""
+
+    def __init__(self, num_classes: int, width: int) -> None:
+        self.top = 0
+        self.prob = np.zeros((num_classes, 0, width), dtype=np.float32)
+        self.weight = np.zeros((0, width), dtype=np.float32)
+        self.valid = np.zeros((0, width), dtype=bool)
+
+    def _ensure(self, bottom: int) -> None:
+        missing = bottom - (self.top + self.weight.shape[0])
+        if missing > 0:
+            k, _, w = self.prob.shape
+            self.prob = np.concatenate([self.prob, np.zeros((k, missing, w), np.float32)], axis=1)
+            self.weight = np.concatenate([self.weight, np.zeros((missing, w), np.float32)])
+            self.valid = np.concatenate([self.valid, np.zeros((missing, w), bool)])
+
+    def add(self, tile: Tile, probs: np.ndarray, weights: np.ndarray, valid: np.ndarray, height: int) -> None:
+        h = min(tile.size, height - tile.y)
+        w = min(tile.size, self.weight.shape[1] - tile.x)
+        self._ensure(tile.y + h)
+        rows = slice(tile.y - self.top, tile.y - self.top + h)
+        cols = slice(tile.x, tile.x + w)
+        wv = weights[:h, :w] * valid[:h, :w]
+        self.prob[:, rows, cols] += probs[:, :h, :w] * wv
+        self.weight[rows, cols] += wv
+        self.valid[rows, cols] |= valid[:h, :w]
+
+    def touch(self, tile: Tile, height: int) -> None:
+        """A skipped (all-nodata) tile adds no probabilities but its rows must still be written (as nodata)."""
+        self._ensure(min(tile.y + tile.size, height))
+
+    def pop(self, until: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self._ensure(until)
+        n = until - self.top
+        out = self.prob[:, :n], self.weight[:n], self.valid[:n]
+        self.prob, self.weight, self.valid = self.prob[:, n:], self.weight[n:], self.valid[n:]
+        self.top = until
+        return out
+
+
+@dataclass(frozen=True)
+class RunStats:
+    tiles_total: int
+    tiles_run: int
+    tiles_skipped: int
+    seconds: float
+    model_seconds: float
+    batch_size: int
+    device: str
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.tiles_run / self.seconds if self.seconds > 0 else 0.0
+
+
+class Predictor:
+    """A segmentor ready for rasters: device, precision, batching and the model card's data conventions.
+
+    CUDA runs in bf16 autocast (fp16 where bf16 is unsupported) with channels-last tensors; CPU in float32.
+    On CUDA out-of-memory the batch is halved and the run goes on.
+    """
+
+    def __init__(
+        self,
+        model: EncoderDecoder,
+        card: ModelCard,
+        device: str | torch.device = "auto",
+        batch_size: int = 8,
+        precision: Precision = "auto",
+        compile: bool = False,
+        overlap: int | None = None,
+        threshold: float | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.card = card
+        self.batch_size = batch_size
+        self.overlap = card.overlap if overlap is None else overlap
+        if not 0 <= self.overlap < card.tile:
+            raise ValueError(f"overlap must be in [0, {card.tile}) for {card.tile} px tiles, got {self.overlap}")
+        self.threshold = card.threshold if threshold is None else threshold
+        self.dtype = self._precision(precision)
+        if hasattr(model.backbone, "set_attn_impl"):
+            model.backbone.set_attn_impl("sdpa")
+        model = model.eval().to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        elif self.device.type == "cpu":
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+        self.model = model
+        self._forward = torch.compile(model, dynamic=False) if compile else model
+        self.mean = np.asarray(card.mean, dtype=np.float32).reshape(-1, 1, 1)
+        self.std = np.asarray(card.std, dtype=np.float32).reshape(-1, 1, 1)
+
+    def _precision(self, precision: Precision) -> torch.dtype | None:
+        if precision == "auto":
+            if self.device.type != "cuda":
+                return None
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> "Predictor":
+        from mtp_core.checkpoint import load_model
+
+        model, card, _ = load_model(path)
+        return cls(model, card, **kwargs)
+
+    def describe(self) -> str:
+        precision = {None: "float32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        return f"{describe_device(self.device)}; {precision}, batch {self.batch_size}"
+
+    # ------------------------------------------------------------------------------------------ model
+    def normalize(self, scaled: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """0–255 band values → model input; nodata pixels become the mean (0 after normalization)."""
+        return np.where(valid, (scaled - self.mean) / self.std, 0.0).astype(np.float32)
+
+    def _run_model(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
+                                                    enabled=self.dtype is not None):
+            logits = self._forward(x)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (B, K, t, t) of normalized tiles, halving the batch on CUDA out-of-memory."""
+        try:
+            return self._run_model(batch)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if len(batch) == 1:
+                raise RuntimeError(
+                    f"CUDA ran out of memory on a single {self.card.tile} px tile: use a smaller model, free GPU "
+                    "memory or run with --device cpu"
+                ) from None
+            self.batch_size = max(1, len(batch) // 2)
+            half = len(batch) // 2
+            return np.concatenate([self.infer(batch[:half]), self.infer(batch[half:])])
+
+    # ------------------------------------------------------------------------------------------ tiling
+    def _prepared_tiles(self, source: TileSource, grid: TileGrid) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
+        for tile in grid:
+            scaled, valid = source.read(tile)
+            yield tile, (self.normalize(scaled, valid) if valid.any() else None), valid
+
+    def run(
+        self,
+        source: TileSource,
+        sink: RowSink,
+        *,
+        want_probs: bool = False,
+        progress: ProgressCallback = None,
+        cancel: CancelCallback = None,
+        km2_per_pixel: float = 0.0,
+        prefetch: bool = True,
+    ) -> RunStats:
+        """Predict every tile of ``source`` and stream finished rows into ``sink``."""
+        grid = TileGrid(source.height, source.width, self.card.tile, self.overlap)
+        weights = blend_weights(self.card.tile, self.overlap)
+        acc = _RowAccumulator(self.card.num_classes, source.width)
+        tiles = _prefetched(self._prepared_tiles(source, grid), depth=2 * self.batch_size) if prefetch \
+            else self._prepared_tiles(source, grid)
+        start, model_s = time.perf_counter(), 0.0
+        done = run = skipped = 0
+        km2_per_tile = km2_per_pixel * source.height * source.width / max(len(grid), 1)
+        pending: list[tuple[Tile, np.ndarray, np.ndarray]] = []
+        finished_row = -1
+
+        def flush_batch() -> None:
+            nonlocal model_s, run
+            if not pending:
+                return
+            t0 = time.perf_counter()
+            probs = self.infer(np.stack([p[1] for p in pending]))
+            model_s += time.perf_counter() - t0
+            for (tile, _, valid), p in zip(pending, probs):
+                acc.add(tile, p, weights, valid, source.height)
+            run += len(pending)
+            pending.clear()
+
+        def emit_rows_before(row: int) -> None:
+            nonlocal finished_row
+            for r in range(finished_row + 1, row):
+                self._emit(acc, grid.final_row(r), sink, want_probs)
+            finished_row = max(finished_row, row - 1)
+
+        try:
+            for tile, data, valid in tiles:
+                check_cancel(cancel)
+                if data is None:
+                    acc.touch(tile, source.height)
+                    skipped += 1
+                else:
+                    pending.append((tile, data, valid))
+                done += 1
+                if len(pending) >= self.batch_size:
+                    flush_batch()
+                    if progress is not None:
+                        progress(Progress(done, len(grid), time.perf_counter() - start, done * km2_per_tile))
+                if not pending:  # every tile so far has been run: the rows above this tile row are final
+                    emit_rows_before(tile.row)
+            flush_batch()
+            emit_rows_before(len(grid.row_origins))
+        finally:
+            tiles.close()
+        if progress is not None:
+            progress(Progress(done, len(grid), time.perf_counter() - start, done * km2_per_tile))
+        return RunStats(len(grid), run, skipped, time.perf_counter() - start, model_s, self.batch_size,
+                        describe_device(self.device))
+
+    def _emit(self, acc: _RowAccumulator, until: int, sink: RowSink, want_probs: bool) -> None:
+        y0 = acc.top
+        if until <= y0:
+            return
+        prob_sum, weight, valid = acc.pop(until)
+        probs = prob_sum / np.maximum(weight, 1e-12)
+        if self.threshold is not None and probs.shape[0] == 2:
+            classes = (probs[1] >= self.threshold).astype(np.uint8)
+        else:
+            classes = probs.argmax(axis=0).astype(np.uint8)
+        classes[~valid] = CLASS_NODATA
+        sink.write_rows(y0, classes, probs if want_probs else None)
+
+    def predict_array(self, image: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Classes (H, W) and probabilities (K, H, W) of an in-memory (H, W, C) image on the 0–255 scale."""
+        source = ArraySource(image.astype(np.float32, copy=False), valid)
+        sink = ArraySink(source.height, source.width, self.card.num_classes)
+        self.run(source, sink, want_probs=True, prefetch=False)
+        return sink.classes, sink.probs
+
+
+class _prefetched:
+    """Runs an iterator in a background thread, ``depth`` items ahead (reads overlap the model's work)."""
+
+    _END = object()
+
+    def __init__(self, items: Iterator[Any], depth: int) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(items,), daemon=True, name="mtp-tile-reader")
+        self._thread.start()
+
+    def _fill(self, items: Iterator[Any]) -> None:
+        try:
+            for item in items:
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._queue.put(self._END)
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the consumer thread)
+            self._queue.put(exc)
+
+    def __iter__(self) -> "_prefetched":
+        return self
+
+    def __next__(self) -> Any:
+        item = self._queue.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
