@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo clean
 
 setup:
 	@bash scripts/setup.sh
@@ -11,7 +11,7 @@ test: setup
 	@bash scripts/run_tests.sh
 
 demo: setup
-	$(PY) -m mtp_core.cli info
+	$(PY) -m mtp_core.cli demo
 
 clean:
 	rm -rf .venv .pytest_cache demo_out tests/artifacts

@@ -1,9 +1,15 @@
-"""The ``mtp`` command line: ``mtp info`` and ``mtp convert-ckpt`` (more subcommands join as the engine grows)."""
+"""The ``mtp`` command line: predict, vectorize, evaluate, merge, convert-ckpt, synth, info.
+
+Errors a user can fix (a missing file, a raster without georeference, a wrong band count, ...) are printed as one
+line saying what to do, never as a traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import platform
 import sys
+import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -66,6 +72,115 @@ def cmd_convert_ckpt(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "mtp_demo_synthetic.pth"
+
+
+def _bands(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise ValueError(f"--bands {text!r}: give band numbers separated by commas, e.g. 3,2,1") from None
+
+
+def _load_predictor(args: argparse.Namespace):
+    from mtp_core.inference import Predictor
+    from mtp_core.models import create_model, default_card
+
+    device = args.device
+    if device == "auto" and torch.cuda.is_available() and "LOCAL_RANK" in __import__("os").environ:
+        device = f"cuda:{__import__('os').environ['LOCAL_RANK']}"  # one GPU per torchrun process
+    options = dict(device=device, batch_size=args.batch_size, compile=args.compile, overlap=args.overlap,
+                   threshold=args.threshold)
+    if args.checkpoint:
+        predictor = Predictor.from_checkpoint(args.checkpoint, **options)
+    elif args.model == "demo":
+        if not DEMO_CHECKPOINT.is_file():
+            raise FileNotFoundError(f"the embedded demo model is missing ({DEMO_CHECKPOINT}): reinstall the package")
+        predictor = Predictor.from_checkpoint(DEMO_CHECKPOINT, **options)
+    else:
+        print(f"warning: --model {args.model} without --checkpoint runs RANDOM weights (for speed tests only)",
+              file=sys.stderr)
+        predictor = Predictor(create_model(args.model), default_card(args.model), **options)
+    if args.tile and args.tile != predictor.card.tile:
+        raise ValueError(f"this model takes {predictor.card.tile} px tiles (its full-attention blocks are built for "
+                         f"that size); --tile {args.tile} is not possible with it")
+    return predictor
+
+
+def _print_progress(name: str):
+    from mtp_core.pipeline import progress_line
+
+    last = [0.0, -1]  # time and count of the last line shown
+
+    def show(p) -> None:
+        now = time.monotonic()
+        if p.done != last[1] and (now - last[0] >= 0.5 or p.done == p.total):
+            last[0], last[1] = now, p.done
+            end = "\n" if p.done == p.total else ""
+            print(f"\r{name}: {progress_line(p)}", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mtp_core.pipeline import extract_buildings
+    from mtp_core.shard import parse_shard, select_shard
+
+    index, count = parse_shard(args.shard)
+    rasters = select_shard(args.rasters, index, count)
+    missing = [str(r) for r in rasters if not r.exists()]
+    if missing:
+        raise FileNotFoundError(f"input raster(s) not found: {', '.join(missing)}")
+    predictor = _load_predictor(args)
+    print(f"device: {predictor.describe()}")
+    print(f"model: {predictor.card.description or predictor.card.architecture} "
+          f"({predictor.card.tile} px tiles, overlap {predictor.overlap}, {predictor.card.gsd_m} m/px)")
+    if count > 1:
+        print(f"shard {index}/{count}: {len(rasters)} raster(s)")
+    total_buildings = 0
+    for raster in rasters:
+        result = extract_buildings(
+            predictor, raster, args.out, bands=_bands(args.bands), probabilities=args.probabilities,
+            min_area_m2=args.min_area, simplify_m=args.simplify, regularize=args.regularize,
+            pixel_crs=args.pixel_crs, skip_existing=not args.overwrite, vector_ext=f".{args.format}",
+            progress=_print_progress(raster.name),
+        )
+        if result.prediction is None:
+            print(f"{raster.name}: outputs exist, skipped ({result.vector_path}); --overwrite to redo")
+            continue
+        stats = result.prediction.stats
+        km2 = result.prediction.km2
+        rate = f", {km2 / stats.seconds:.3f} km²/s" if km2 else ""
+        print(f"{raster.name}: {stats.tiles_run} tiles ({stats.tiles_skipped} nodata skipped) in {stats.seconds:.1f} s "
+              f"({stats.tiles_per_s:.1f} tiles/s{rate}); {result.buildings} buildings -> {result.vector_path}, "
+              f"{result.mask_path}")
+        total_buildings += result.buildings
+    if len(rasters) > 1:
+        print(f"{len(rasters)} rasters, {total_buildings} buildings")
+    return 0
+
+
+def cmd_vectorize(args: argparse.Namespace) -> int:
+    from mtp_core.geo import write_vector
+    from mtp_core.vectorize import vectorize_raster
+
+    result = vectorize_raster(args.mask, prob_raster_path=args.probabilities, min_area_m2=args.min_area,
+                              simplify_m=args.simplify, regularize=args.regularize, source=Path(args.mask).name)
+    write_vector(args.out, result.geometries, result.attributes, result.crs_wkt, layer_name="buildings")
+    print(f"{len(result.geometries)} polygons -> {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from mtp_core.metrics import evaluate_files
+
+    report = evaluate_files(args.pred, args.truth, iou_threshold=args.iou, min_area=args.min_area, rules=args.rules)
+    print(report)
+    return 0
+
+
 def cmd_synth(argv: list[str]) -> int:
     from mtp_core.synthetic import main as synth_main
 
@@ -76,6 +191,52 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtp", description="MTP remote-sensing models: inspect, convert, run.")
     parser.add_argument("--version", action="version", version=f"mtp_core {mtp_core.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pred = sub.add_parser("predict", help="rasters -> NAME_mask.tif + NAME_buildings.gpkg (the main job)",
+                          fromfile_prefix_chars="@",
+                          description="Segment georeferenced rasters tile by tile and write the class mask and the "
+                                      "building polygons per raster. @FILE reads raster paths from a file.")
+    pred.add_argument("rasters", nargs="+", type=Path, help="GeoTIFF/VRT/any GDAL raster (a lone VRT + --shard is "
+                                                             "split into its tiles)")
+    model = pred.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", help="a checkpoint file (ours, MMSeg, MTP: any layout)")
+    model.add_argument("--model", default="demo", help="'demo' (the embedded demo model, default) or a registered "
+                                                        "segmentor name (random weights: for speed tests)")
+    pred.add_argument("--out", required=True, type=Path, help="output folder")
+    pred.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    pred.add_argument("--batch-size", type=int, default=8)
+    pred.add_argument("--tile", type=int, default=None, help="tile size (must equal the model's input size)")
+    pred.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default: the model card's)")
+    pred.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow start, fast run)")
+    pred.add_argument("--bands", default=None, help="raster bands fed as the model's R,G,B, e.g. 3,2,1")
+    pred.add_argument("--threshold", type=float, default=None, help="building probability threshold (default: argmax)")
+    pred.add_argument("--min-area", type=float, default=4.0, help="drop polygons under this many m² (default 4)")
+    pred.add_argument("--simplify", type=float, default=0.25, help="simplify tolerance in metres (default 0.25; 0=off)")
+    pred.add_argument("--regularize", action="store_true", help="right-angled building outlines")
+    pred.add_argument("--probabilities", action="store_true", help="also write NAME_prob.tif (uint8, P x 255)")
+    pred.add_argument("--pixel-crs", action="store_true", help="accept rasters without georeference (pixel units)")
+    pred.add_argument("--format", choices=("gpkg", "geojson", "shp"), default="gpkg", help="polygon file format")
+    pred.add_argument("--shard", default=None, help="K/N: process every N-th raster from K (default: Slurm array / "
+                                                    "torchrun environment)")
+    pred.add_argument("--overwrite", action="store_true", help="redo rasters whose outputs already exist")
+    pred.set_defaults(func=cmd_predict)
+
+    vec = sub.add_parser("vectorize", help="class raster -> building polygons")
+    vec.add_argument("mask", help="class GeoTIFF (e.g. NAME_mask.tif)")
+    vec.add_argument("out", type=Path, help="output .gpkg/.geojson/.shp")
+    vec.add_argument("--probabilities", default=None, help="probability GeoTIFF for the score attribute")
+    vec.add_argument("--min-area", type=float, default=4.0)
+    vec.add_argument("--simplify", type=float, default=0.25)
+    vec.add_argument("--regularize", action="store_true")
+    vec.set_defaults(func=cmd_vectorize)
+
+    ev = sub.add_parser("evaluate", help="building polygons vs reference: TP/FP/FN, precision, recall, F1")
+    ev.add_argument("pred", help="predicted polygons (.gpkg/.geojson/SpaceNet .csv)")
+    ev.add_argument("truth", help="reference polygons (.gpkg/.geojson/SpaceNet .csv)")
+    ev.add_argument("--iou", type=float, default=0.5)
+    ev.add_argument("--min-area", type=float, default=20.0, help="SpaceNet's area filter, in the files' units")
+    ev.add_argument("--rules", choices=("spacenet", "spacenet1"), default="spacenet")
+    ev.set_defaults(func=cmd_evaluate)
 
     info = sub.add_parser("info", help="versions, the compute device found, registered models")
     info.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
@@ -97,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("synth", help="write synthetic 0.5 m scenes (GeoTIFF + building GeoJSON); see `mtp synth -h`",
                    add_help=False)
+    sub.add_parser("demo", help="the main job on a synthetic scene with the embedded model (what `make demo` runs)",
+                   add_help=False)
     return parser
 
 
@@ -104,12 +267,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["synth"]:  # its own parser (mtp_core.synthetic.main), shared with `python -m mtp_core.synthetic`
         return cmd_synth(argv[1:])
+    if argv[:1] == ["demo"]:
+        from mtp_core.demo import main as demo_main
+
+        return demo_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
-        print(f"mtp {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        print(f"\nmtp {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nmtp {args.command}: interrupted; no partial output was left", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""Band scaling: raw band values to the 0–255 float range the models' mean/std were computed on.
+
+Why once per raster: a stretch computed per tile would change brightness from tile to tile and show as seams in the
+predictions. So 8-bit images are fed as they are, and deeper types (uint16, int16, float) get one linear stretch per
+band, fitted before inference from a bounded sample of windows spread over the whole raster (a few million pixels,
+whatever the raster's size) or taken from fixed ranges such as a model card's.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from osgeo import gdal_array
+
+from mtp_core.geo.raster import GeoError, Source, read_window
+
+_SAMPLE_WINDOW = 256
+_MODES = ("identity", "percentile", "fixed")
+
+
+@dataclass(frozen=True)
+class BandScaler:
+    """``(x - low) * 255 / (high - low)`` per band, clipped to [0, 255], as float32.
+
+    ``mode`` records where the ranges came from: ``identity`` (uint8, low 0, high 255: values pass unchanged),
+    ``percentile`` (fitted; ``percentiles`` says which) or ``fixed`` (given ranges).
+    """
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    mode: str = "fixed"
+    percentiles: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise ValueError(f"unknown scaling mode {self.mode!r}; use one of {list(_MODES)}")
+        if not self.low or len(self.low) != len(self.high):
+            raise ValueError(f"need one (low, high) per band, got low {list(self.low)} and high {list(self.high)}")
+        bad = [i + 1 for i, (lo, hi) in enumerate(zip(self.low, self.high)) if not (math.isfinite(lo) and hi > lo)]
+        if bad:
+            raise ValueError(f"band ranges must be finite with high > low; bands {bad} are not: "
+                             f"low {list(self.low)}, high {list(self.high)}")
+
+    @classmethod
+    def identity(cls, band_count: int) -> "BandScaler":
+        """8-bit images: the model's 0–255 statistics apply directly."""
+        return cls((0.0,) * band_count, (255.0,) * band_count, "identity")
+
+    @classmethod
+    def fixed(cls, ranges: Sequence[tuple[float, float]]) -> "BandScaler":
+        """Known (min, max) per band, e.g. from a model card, so every raster is scaled the same way."""
+        return cls(tuple(float(lo) for lo, _ in ranges), tuple(float(hi) for _, hi in ranges), "fixed")
+
+    @classmethod
+    def fit(cls, dataset: Source, bands: Sequence[int], nodata: Sequence[float | None] | None = None,
+            percentiles: tuple[float, float] = (2.0, 98.0), max_pixels: int = 1 << 22) -> "BandScaler":
+        """Identity for uint8 bands, else a percentile stretch per band from at most ``max_pixels`` sampled pixels.
+
+        ``dataset`` is a plan or a GDAL handle (a warped VRT is fine); pixels GDAL masks out are skipped, and so are
+        values equal to ``nodata`` (one entry per raster band, as in ``RasterInfo.nodata``).
+        """
+        if not 0.0 <= percentiles[0] < percentiles[1] <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+        ds = getattr(dataset, "dataset", dataset)
+        bands = [int(b) for b in bands]
+        if not bands or any(not 1 <= b <= ds.RasterCount for b in bands):
+            raise GeoError(f"band numbers {bands} are out of range: the raster has bands 1..{ds.RasterCount}")
+        dtype = np.dtype(gdal_array.GDALTypeCodeToNumericTypeCode(ds.GetRasterBand(bands[0]).DataType))
+        if dtype == np.uint8:
+            return cls.identity(len(bands))
+        samples = _sample(ds, bands, max_pixels)
+        low, high = [], []
+        for i, b in enumerate(bands):
+            values = samples[i]
+            missing = None if nodata is None or b > len(nodata) else nodata[b - 1]
+            if missing is not None:
+                values = values[~np.isnan(values)] if math.isnan(missing) else values[values != missing]
+            if values.size == 0:
+                raise GeoError(f"band {b} has no valid pixels in the sample; check its nodata value, or give fixed "
+                               f"band ranges")
+            lo, hi = np.percentile(values, percentiles)
+            low.append(float(lo))
+            high.append(float(hi) if hi > lo else float(lo) + 1.0)  # a flat band maps to 0 instead of dividing by 0
+        return cls(tuple(low), tuple(high), "percentile", (float(percentiles[0]), float(percentiles[1])))
+
+    def __call__(self, array: np.ndarray) -> np.ndarray:
+        """Scales ``(bands, h, w)`` raw values to float32 in [0, 255]."""
+        a = np.asarray(array)
+        if a.ndim != 3 or a.shape[0] != len(self.low):
+            raise ValueError(f"expected ({len(self.low)}, h, w), got shape {a.shape}")
+        low = np.asarray(self.low, np.float32)[:, None, None]
+        scale = (255.0 / (np.asarray(self.high, np.float64) - np.asarray(self.low, np.float64)))
+        out = a.astype(np.float32) - low
+        out *= scale.astype(np.float32)[:, None, None]
+        return np.clip(out, 0.0, 255.0, out=out)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types, for output metadata and logs, so a run's scaling can be reproduced."""
+        return {"mode": self.mode, "low": list(self.low), "high": list(self.high),
+                "percentiles": None if self.percentiles is None else list(self.percentiles)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "BandScaler":
+        pct = data.get("percentiles")
+        return cls(tuple(data["low"]), tuple(data["high"]), data["mode"], None if pct is None else tuple(pct))
+
+
+def _sample(ds: Any, bands: list[int], max_pixels: int) -> list[np.ndarray]:
+    """Valid values per band from a grid of windows spread evenly over the raster (the whole raster if small)."""
+    width, height = ds.RasterXSize, ds.RasterYSize
+    if width * height <= max_pixels:
+        windows = [(0, 0, width, height)]
+    else:
+        size_x, size_y = min(_SAMPLE_WINDOW, width), min(_SAMPLE_WINDOW, height)
+        count = max(1, max_pixels // (size_x * size_y))
+        nx = int(np.clip(round(math.sqrt(count * width / height)), 1, math.ceil(width / size_x)))
+        ny = int(np.clip(count // nx, 1, math.ceil(height / size_y)))
+        xs = [int((i + 0.5) * width / nx - size_x / 2) for i in range(nx)]
+        ys = [int((j + 0.5) * height / ny - size_y / 2) for j in range(ny)]
+        windows = [(min(max(x, 0), width - size_x), min(max(y, 0), height - size_y), size_x, size_y)
+                   for y in ys for x in xs]
+    parts: list[list[np.ndarray]] = [[] for _ in bands]
+    for x, y, w, h in windows:
+        data, valid = read_window(ds, x, y, w, h, bands)
+        for i in range(len(bands)):
+            parts[i].append(data[i][valid])
+    return [np.concatenate(p) for p in parts]

@@ -1,0 +1,188 @@
+"""The main job: a georeferenced raster in, a class GeoTIFF and clean building polygons out.
+
+Every front end (``mtp predict``, the QGIS dock, Processing, batch shards) calls :func:`extract_buildings`, so they all
+produce the same files. Rasters in degrees or far from the model's ground resolution are read through a warped VRT in a
+metric CRS at the model's resolution, and the outputs are brought back onto the raster's own grid and CRS.
+"""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from osgeo import gdal
+
+from mtp_core.geo import BandScaler, GeoError, GeoTiffWriter, RasterInfo, ReadPlan, describe_raster, plan_read
+from mtp_core.geo import read_window, warp_to_grid, write_vector
+from mtp_core.inference import CLASS_NODATA, Predictor, RunStats
+from mtp_core.progress import CancelCallback, Progress, ProgressCallback
+from mtp_core.tiling import Tile
+from mtp_core.vectorize import vectorize_raster
+
+
+@dataclass
+class RasterSource:
+    """Tiles of the model grid read with GDAL (in the prefetch thread, through its own dataset handle)."""
+
+    plan: ReadPlan
+    bands: tuple[int, ...]
+    scaler: BandScaler
+
+    def __post_init__(self) -> None:
+        self.height, self.width = self.plan.height, self.plan.width
+        self._dataset: gdal.Dataset | None = None
+
+    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        if self._dataset is None:  # opened lazily, in the thread that reads
+            self._dataset = self.plan.reopen()
+        data, valid = read_window(self._dataset, tile.x, tile.y, tile.size, tile.size, self.bands)
+        return self.scaler(data), valid
+
+
+class GeoTiffSink:
+    """Finished rows into the class GeoTIFF and (optionally) a uint8 probability GeoTIFF (P × 255, classes 1..K-1)."""
+
+    def __init__(self, classes: GeoTiffWriter, probs: GeoTiffWriter | None) -> None:
+        self.classes, self.probs = classes, probs
+
+    def write_rows(self, y0: int, classes: np.ndarray, probs: np.ndarray | None) -> None:
+        self.classes.write(classes, 0, y0)
+        if self.probs is not None and probs is not None:
+            scaled = np.rint(np.clip(probs[1:], 0.0, 1.0) * 255.0).astype(np.uint8)
+            self.probs.write(scaled, 0, y0)
+
+
+@dataclass(frozen=True)
+class RasterPrediction:
+    mask_path: Path
+    prob_path: Path | None
+    info: RasterInfo
+    warped: bool
+    stats: RunStats
+    km2: float
+
+
+def check_bands(info: RasterInfo, bands: Sequence[int], expected: int) -> tuple[int, ...]:
+    bands = tuple(int(b) for b in bands)
+    if len(bands) != expected:
+        raise GeoError(f"the model takes {expected} bands but {len(bands)} were chosen ({list(bands)}): "
+                       f"pass --bands with {expected} band numbers, e.g. --bands 1,2,3")
+    bad = [b for b in bands if not 1 <= b <= info.band_count]
+    if bad:
+        raise GeoError(f"{info.path} has {info.band_count} band(s); band(s) {bad} do not exist: choose bands "
+                       f"1..{info.band_count} with --bands (the model needs {expected}, in its RGB order)")
+    return bands
+
+
+def predict_raster(
+    predictor: Predictor,
+    raster: str | Path,
+    mask_path: str | Path,
+    prob_path: str | Path | None = None,
+    *,
+    bands: Sequence[int] | None = None,
+    pixel_crs: bool = False,
+    progress: ProgressCallback = None,
+    cancel: CancelCallback = None,
+) -> RasterPrediction:
+    """Class raster (uint8, nodata 255) and optional probabilities on the raster's own grid, written atomically."""
+    card = predictor.card
+    info = describe_raster(raster, allow_pixel_crs=pixel_crs)
+    chosen = check_bands(info, bands or card.bands, len(card.mean))
+    plan = plan_read(info, None if not info.has_georeference else card.gsd_m)
+    scaler = BandScaler.fit(plan.dataset, chosen, info.nodata)
+    source = RasterSource(plan, chosen, scaler)
+    mask_path, prob_path = Path(mask_path), Path(prob_path) if prob_path else None
+    if not info.has_georeference:
+        km2_per_pixel = 0.0
+    else:  # ground area: the model grid's pixel when warped, else the source's (measured in metres, any CRS)
+        km2_per_pixel = (card.gsd_m**2 if plan.warped else info.pixel_size_m[0] * info.pixel_size_m[1]) / 1e6
+    with tempfile.TemporaryDirectory(dir=mask_path.parent, prefix=".mtp-") as tmp:
+        grid_mask = Path(tmp) / "mask.tif" if plan.warped else mask_path
+        grid_prob = (Path(tmp) / "prob.tif" if plan.warped else prob_path) if prob_path else None
+        grid = dict(width=plan.width, height=plan.height, geotransform=plan.geotransform, crs_wkt=plan.crs_wkt)
+        with contextlib.ExitStack() as outputs:  # on any error every writer removes its temporary file
+            mask_out = outputs.enter_context(
+                GeoTiffWriter(grid_mask, band_count=1, dtype="uint8", nodata=CLASS_NODATA, **grid))
+            prob_out = outputs.enter_context(
+                GeoTiffWriter(grid_prob, band_count=card.num_classes - 1, dtype="uint8", **grid)) if grid_prob else None
+            stats = predictor.run(source, GeoTiffSink(mask_out, prob_out), want_probs=prob_out is not None,
+                                  progress=progress, cancel=cancel, km2_per_pixel=km2_per_pixel)
+        if plan.warped:
+            warp_to_grid(grid_mask, mask_path, like=info, resampling="nearest")
+            if prob_path and grid_prob:
+                warp_to_grid(grid_prob, prob_path, like=info, resampling="bilinear")
+    return RasterPrediction(mask_path, prob_path, info, plan.warped, stats, km2_per_pixel * plan.width * plan.height)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    raster: Path
+    mask_path: Path
+    vector_path: Path
+    prob_path: Path | None
+    buildings: int
+    prediction: RasterPrediction | None  # None when the outputs already existed (skipped)
+
+
+def output_paths(raster: str | Path, out_dir: str | Path, vector_ext: str = ".gpkg") -> tuple[Path, Path, Path]:
+    stem = Path(raster).stem
+    out = Path(out_dir)
+    return out / f"{stem}_mask.tif", out / f"{stem}_buildings{vector_ext}", out / f"{stem}_prob.tif"
+
+
+def extract_buildings(
+    predictor: Predictor,
+    raster: str | Path,
+    out_dir: str | Path,
+    *,
+    bands: Sequence[int] | None = None,
+    probabilities: bool = False,
+    min_area_m2: float = 4.0,
+    simplify_m: float = 0.25,
+    regularize: bool = False,
+    pixel_crs: bool = False,
+    skip_existing: bool = False,
+    vector_ext: str = ".gpkg",
+    progress: ProgressCallback = None,
+    cancel: CancelCallback = None,
+) -> JobResult:
+    """Predict, vectorize, write ``NAME_mask.tif`` and ``NAME_buildings.gpkg`` (and ``NAME_prob.tif``)."""
+    raster = Path(raster)
+    mask_path, vector_path, prob_path = output_paths(raster, out_dir, vector_ext)
+    if skip_existing and mask_path.exists() and vector_path.exists():
+        return JobResult(raster, mask_path, vector_path, prob_path if prob_path.exists() else None, -1, None)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".mtp-") as tmp:
+        # probabilities give each polygon its score; kept only when asked for
+        probs = prob_path if probabilities else Path(tmp) / "prob.tif"
+        prediction = predict_raster(predictor, raster, mask_path, probs, bands=bands, pixel_crs=pixel_crs,
+                                    progress=progress, cancel=cancel)
+        try:
+            vectors = vectorize_raster(
+                mask_path, prob_raster_path=str(probs), min_area_m2=min_area_m2, simplify_m=simplify_m,
+                regularize=regularize, source=raster.name, model=predictor.card.description or
+                predictor.card.architecture, cancel=cancel,
+            )
+            write_vector(vector_path, vectors.geometries, vectors.attributes, vectors.crs_wkt, layer_name="buildings")
+        except BaseException:
+            mask_path.unlink(missing_ok=True)  # the job's outputs exist together or not at all
+            if probabilities:
+                prob_path.unlink(missing_ok=True)
+            raise
+    return JobResult(raster, mask_path, vector_path, prob_path if probabilities else None, len(vectors.geometries),
+                     prediction)
+
+
+def progress_line(p: Progress) -> str:
+    eta = "--:--" if p.eta_s is None else time_text(p.eta_s)
+    km2 = f" {p.km2_per_s:.3f} km²/s" if p.km2_done else ""
+    return f"{p.fraction:6.1%} {p.done}/{p.total} {p.unit} {p.rate:.1f} {p.unit}/s{km2} ETA {eta}"
+
+
+def time_text(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

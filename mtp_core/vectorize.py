@@ -1,0 +1,642 @@
+"""Class raster -> clean, attributed polygons (step 4 of the main job in DESIGN.md).
+
+Why it is built this way:
+
+* **4-connected regions.** Pixels of one class form one polygon only when they share an edge. Buildings that touch
+  diagonally are nearly always two buildings, and a 4-connected region's outline never pinches at a point, so every
+  region is one simple polygon (holes may touch its shell at a corner, which is valid).
+* **Bounded memory, seamless output.** GDAL polygonizes bands of ``block_rows`` rows, so memory is ``width x
+  block_rows`` plus the polygons themselves. Pieces cut by a band border are re-joined: a piece above and a piece
+  below a border belong together when a pixel column has the same selected class on both sides of the border (one
+  probe per run of such columns, found with an STRtree), and each linked group is unioned once. All of this happens in
+  a *pixel frame* (integer vertices on pixel corners), so the unions are exact; every polygon is then put in one
+  canonical form (no collinear vertices, normalized ring order). The result is identical whatever ``block_rows`` is.
+* **No gaps between classes.** Simplification is *coverage* simplification (Visvalingam-Whyatt on the shared-edge
+  graph of all polygons, ``shapely.coverage_simplify``): an edge shared by two polygons is simplified once, for both,
+  so adjacent classes keep sharing their boundary exactly and never overlap. It only removes vertices, so simplified
+  outlines still have their vertices on pixel corners. ``simplify_m`` is the VW tolerance: triangles smaller than
+  ``simplify_m**2`` m² are removed.
+* **Small things.** Polygons and holes smaller than ``min_area_m2`` are dropped / filled (a 1-pixel hole in a roof is
+  noise, not a courtyard; an island dropped in one class leaves its surrounding polygon's hole filled, so no gap).
+* **Regularization** (optional) gives building outlines right angles along their dominant direction and is reverted
+  per polygon when the result is invalid or its IoU with the raw outline is below 0.85. It is applied only to
+  polygons that share no edge with another polygon (buildings surrounded by background): snapping one side of a
+  shared edge would open a gap.
+* **Metres.** Areas and lengths are in metres: for a projected CRS from its linear unit; for a geographic CRS in a
+  Lambert azimuthal equal-area projection centred on the raster (equal-area on the ellipsoid, so areas are exact and
+  lengths accurate near the centre). Simplification and regularization tolerances use the pixel size in metres at
+  the raster centre. A raster without a CRS is taken to be in metres.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Protocol, Sequence
+
+import numpy as np
+import shapely
+from osgeo import gdal, ogr, osr
+from shapely import Polygon
+
+ProgressFn = Optional[Callable[[int, int], None]]
+CancelFn = Optional[Callable[[], bool]]
+
+_MIN_IOU = 0.85          # a regularized outline further than this from the raw one is not trusted
+_REG_TOLERANCE_PX = 1.0  # Douglas-Peucker tolerance that turns pixel staircases into straight sides
+_MIN_SIDE_PX = 3.0       # walls shorter than this are pixel noise and merge into their neighbours
+
+
+class VectorizeCancelled(Exception):
+    """The caller's ``cancel()`` returned True; nothing was returned."""
+
+
+@dataclass
+class VectorResult:
+    """Polygons in the raster CRS and their attributes (one list per field, in polygon order).
+
+    ``counts``: ``pieces`` (polygons GDAL made, block by block), ``stitched`` (output polygons joined across block
+    borders), ``small_dropped``, ``holes_filled``, ``regularized``, ``reverted`` and ``polygons`` (the output).
+    """
+
+    geometries: list[Polygon]
+    attributes: dict[str, list]
+    crs_wkt: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.geometries)
+
+
+@dataclass(frozen=True)
+class _Options:
+    classes: frozenset[int] | None
+    nodata: float | None
+    block_rows: int
+    min_area_m2: float
+    simplify_m: float
+    regularize: bool
+    source: str
+    model: str
+    progress: ProgressFn
+    cancel: CancelFn
+
+
+class _Rows(Protocol):
+    """Row bands of a class raster and, optionally, of its uint8 probabilities."""
+
+    height: int
+    width: int
+    prob_bands: int  # 0: no probabilities
+
+    def classes(self, row0: int, rows: int) -> np.ndarray: ...
+
+    def prob(self, row0: int, rows: int, band: int) -> np.ndarray: ...
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def vectorize_raster(class_raster_path: str, *, classes: Sequence[int] | None = None, block_rows: int = 1024,
+                     prob_raster_path: str | None = None, min_area_m2: float = 4.0, simplify_m: float = 0.25,
+                     regularize: bool = False, source: str = "", model: str = "", progress: ProgressFn = None,
+                     cancel: CancelFn = None) -> VectorResult:
+    """Polygons of the class raster's band 1 (all non-zero, non-nodata values unless ``classes`` is given).
+
+    ``prob_raster_path``: uint8 probabilities (0-255) of the same size; with one band it is the probability of every
+    polygon, with several, band ``class + 1`` is the probability of that class. ``score`` is its mean inside each
+    polygon. ``progress(done_rows, total_rows)`` is called after each band of rows; ``cancel()`` is checked before.
+    """
+    gdal.UseExceptions()
+    ds = gdal.Open(str(class_raster_path))
+    band = ds.GetRasterBand(1)
+    if gdal.GetDataTypeName(band.DataType).startswith(("Float", "CFloat")):
+        raise ValueError(f"{class_raster_path}: the class raster must have an integer data type")
+    prob_ds = None
+    if prob_raster_path is not None:
+        prob_ds = gdal.Open(str(prob_raster_path))
+        if (prob_ds.RasterXSize, prob_ds.RasterYSize) != (ds.RasterXSize, ds.RasterYSize):
+            raise ValueError(f"{prob_raster_path} is {prob_ds.RasterXSize}x{prob_ds.RasterYSize}, the class raster "
+                             f"{ds.RasterXSize}x{ds.RasterYSize}")
+    opts = _options(classes, band.GetNoDataValue(), block_rows, min_area_m2, simplify_m, regularize, source, model,
+                    progress, cancel)
+    return _vectorize(_RasterRows(ds, prob_ds), ds.GetGeoTransform(), ds.GetProjection(), opts)
+
+
+def vectorize_array(mask: np.ndarray, geotransform: Sequence[float], crs_wkt: str, *, prob: np.ndarray | None = None,
+                    nodata: int | None = None, classes: Sequence[int] | None = None, block_rows: int = 1024,
+                    min_area_m2: float = 4.0, simplify_m: float = 0.25, regularize: bool = False, source: str = "",
+                    model: str = "", progress: ProgressFn = None, cancel: CancelFn = None) -> VectorResult:
+    """:func:`vectorize_raster` for an in-memory class mask (H, W), e.g. a window around a click.
+
+    ``prob``: (H, W) or (K, H, W) probabilities, uint8 0-255 or float 0-1 (quantized to 8 bits, as a file would be).
+    """
+    gdal.UseExceptions()
+    if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer) and mask.dtype != bool:
+        raise ValueError(f"mask must be a 2-D integer array, got {mask.dtype} {mask.shape}")
+    opts = _options(classes, nodata, block_rows, min_area_m2, simplify_m, regularize, source, model, progress, cancel)
+    return _vectorize(_ArrayRows(mask, prob), tuple(geotransform), crs_wkt, opts)
+
+
+def _options(classes: Sequence[int] | None, nodata: float | None, block_rows: int, min_area_m2: float,
+             simplify_m: float, regularize: bool, source: str, model: str, progress: ProgressFn,
+             cancel: CancelFn) -> _Options:
+    if block_rows < 1:
+        raise ValueError(f"block_rows must be at least 1, got {block_rows}")
+    if min_area_m2 < 0 or simplify_m < 0:
+        raise ValueError("min_area_m2 and simplify_m must not be negative")
+    return _Options(None if classes is None else frozenset(int(c) for c in classes), nodata, block_rows,
+                    float(min_area_m2), float(simplify_m), bool(regularize), source, model, progress, cancel)
+
+
+class _RasterRows:
+    def __init__(self, ds: gdal.Dataset, prob_ds: gdal.Dataset | None) -> None:
+        self._band, self._prob = ds.GetRasterBand(1), prob_ds
+        self.height, self.width = ds.RasterYSize, ds.RasterXSize
+        self.prob_bands = 0 if prob_ds is None else prob_ds.RasterCount
+
+    def classes(self, row0: int, rows: int) -> np.ndarray:
+        return self._band.ReadAsArray(0, row0, self.width, rows)
+
+    def prob(self, row0: int, rows: int, band: int) -> np.ndarray:
+        return self._prob.GetRasterBand(band).ReadAsArray(0, row0, self.width, rows, buf_type=gdal.GDT_Byte)
+
+
+class _ArrayRows:
+    def __init__(self, mask: np.ndarray, prob: np.ndarray | None) -> None:
+        self._mask = mask
+        self.height, self.width = mask.shape
+        if prob is not None:
+            prob = prob[None] if prob.ndim == 2 else prob
+            if prob.shape[1:] != mask.shape:
+                raise ValueError(f"prob {prob.shape} does not match the mask {mask.shape}")
+            if prob.dtype != np.uint8:
+                prob = np.rint(np.clip(prob, 0.0, 1.0) * 255).astype(np.uint8)
+        self._prob = prob
+        self.prob_bands = 0 if prob is None else prob.shape[0]
+
+    def classes(self, row0: int, rows: int) -> np.ndarray:
+        return self._mask[row0 : row0 + rows]
+
+    def prob(self, row0: int, rows: int, band: int) -> np.ndarray:
+        return self._prob[band - 1, row0 : row0 + rows]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The shared path
+
+
+def _vectorize(rows: _Rows, geotransform: Sequence[float], crs_wkt: str, opts: _Options) -> VectorResult:
+    if geotransform[2] != 0 or geotransform[4] != 0:
+        raise ValueError(f"rotated rasters are not supported (geotransform {tuple(geotransform)})")
+    measure = _Measure(geotransform, crs_wkt, rows.width, rows.height)
+    polys, cls, sums, counts, n_pieces, n_stitched = _polygonize(rows, opts)
+    _check_cancel(opts.cancel)
+
+    area = measure.area_m2(polys)
+    big = area >= opts.min_area_m2
+    polys, cls, sums, counts = polys[big], cls[big], sums[big], counts[big]
+    polys, n_filled = _fill_small_holes(polys, measure, opts.min_area_m2)
+    order = _reading_order(polys, cls)
+    polys, cls, sums, counts = polys[order], cls[order], sums[order], counts[order]
+
+    shares_edge = _shares_edge(polys)
+    out = _simplify(polys, shares_edge, measure.px_m, opts.simplify_m) if opts.simplify_m > 0 else polys
+    n_reg = n_rev = 0
+    if opts.regularize and len(polys):
+        candidates = np.flatnonzero(~shares_edge)
+        regular, ok = _regularize(polys[candidates], measure.px_m)
+        out = out.copy()
+        out[candidates[ok]] = regular[ok]
+        n_reg, n_rev = int(ok.sum()), int((~ok).sum())
+
+    geoms = shapely.orient_polygons(shapely.normalize(_to_map(out, geotransform)), exterior_cw=False)
+    score = [None if n == 0 else float(s / (255.0 * n)) for s, n in zip(sums, counts)] if rows.prob_bands else \
+        [None] * len(geoms)
+    attributes = {
+        "id": list(range(1, len(geoms) + 1)),
+        "class": [int(c) for c in cls],
+        "score": score,
+        "area_m2": [float(a) for a in measure.area_m2(out)],
+        "perimeter_m": [float(p) for p in measure.perimeter_m(out)],
+        "source": [opts.source] * len(geoms),
+        "model": [opts.model] * len(geoms),
+    }
+    tally = {"pieces": n_pieces, "stitched": n_stitched, "small_dropped": int((~big).sum()), "holes_filled": n_filled,
+             "regularized": n_reg, "reverted": n_rev, "polygons": len(geoms)}
+    return VectorResult(list(geoms), attributes, crs_wkt, tally)
+
+
+def _check_cancel(cancel: CancelFn) -> None:
+    if cancel is not None and cancel():
+        raise VectorizeCancelled("vectorization cancelled")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Block-by-block polygonization and stitching (pixel frame: x = column, y = row, vertices on integers)
+
+
+@dataclass
+class _Block:
+    polys: np.ndarray  # shapely Polygons, pixel frame
+    cls: np.ndarray    # int64 class of each polygon
+    sums: np.ndarray   # float64 sum of uint8 probabilities over the polygon's pixels (exact: integers < 2**53)
+    counts: np.ndarray  # int64 pixels counted in ``sums``
+
+
+def _polygonize(rows: _Rows, opts: _Options) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Canonical polygons of the whole raster with class, probability sums and pixel counts; pieces; stitched."""
+    blocks: list[_Block] = []
+    links: list[np.ndarray] = []
+    offset = 0
+    prev_last: tuple[np.ndarray, np.ndarray] | None = None  # (values, keep) of the previous block's last row
+    prev_bottom = np.empty(0, np.int64)  # the previous block's pieces touching its bottom border (local indices)
+    for row0 in range(0, rows.height, opts.block_rows):
+        _check_cancel(opts.cancel)
+        n_rows = min(opts.block_rows, rows.height - row0)
+        values = rows.classes(row0, n_rows)
+        keep = _selected(values, opts)
+        block = _polygonize_block(values, keep, row0, rows)
+        bounds = shapely.bounds(block.polys).reshape(-1, 4)
+        if prev_last is not None:
+            prev_offset = offset - len(blocks[-1].polys)
+            links.append(_border_links(prev_last, (values[0], keep[0]), row0,
+                                       (blocks[-1].polys, prev_bottom, prev_offset),
+                                       (block.polys, np.flatnonzero(bounds[:, 1] == row0), offset)))
+        blocks.append(block)
+        prev_last = (values[-1], keep[-1])
+        prev_bottom = np.flatnonzero(bounds[:, 3] == row0 + n_rows)
+        offset += len(block.polys)
+        if opts.progress is not None:
+            opts.progress(row0 + n_rows, rows.height)
+    if not blocks:
+        empty = np.empty(0, object)
+        return empty, np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64), 0, 0
+    polys = np.concatenate([b.polys for b in blocks])
+    cls = np.concatenate([b.cls for b in blocks])
+    sums = np.concatenate([b.sums for b in blocks])
+    counts = np.concatenate([b.counts for b in blocks])
+    n_pieces = len(polys)
+    links_arr = np.concatenate(links) if links else np.empty((0, 2), np.int64)
+    polys, cls, sums, counts, n_stitched = _stitch(polys, cls, sums, counts, links_arr)
+    polys, owner = _canonical(polys)
+    return polys, cls[owner], sums[owner], counts[owner], n_pieces, n_stitched
+
+
+def _selected(values: np.ndarray, opts: _Options) -> np.ndarray:
+    """Pixels to polygonize: the chosen classes, or everything but 0 and nodata."""
+    if opts.classes is not None:
+        return np.isin(values, list(opts.classes))
+    keep = values != 0
+    if opts.nodata is not None:
+        keep &= values != opts.nodata
+    return keep
+
+
+def _polygonize_block(values: np.ndarray, keep: np.ndarray, row0: int, rows: _Rows) -> _Block:
+    """GDAL's 4-connected polygons of one band of rows, in the pixel frame, with probability sums when asked."""
+    n_rows, width = values.shape
+    mem = gdal.GetDriverByName("MEM").Create("", width, n_rows, 2, gdal.GDT_Int32)
+    mem.SetGeoTransform((0.0, 1.0, 0.0, float(row0), 0.0, 1.0))
+    pixels = osr.SpatialReference()
+    pixels.SetLocalCS("pixels")  # the same (local) CRS on raster and layer, so GDAL rasterizes without warning
+    mem.SetSpatialRef(pixels)
+    mem.GetRasterBand(1).WriteArray(values.astype(np.int32, copy=False))
+    mem.GetRasterBand(2).WriteArray(keep.astype(np.int32))
+    vec = ogr.GetDriverByName("Memory").CreateDataSource("")
+    layer = vec.CreateLayer("pieces", pixels, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("class", ogr.OFTInteger))
+    gdal.Polygonize(mem.GetRasterBand(1), mem.GetRasterBand(2), layer, 0, [])  # no 8CONNECTED option: 4-connected
+    wkb, cls = [], []
+    for feature in layer:
+        wkb.append(bytes(feature.GetGeometryRef().ExportToWkb()))
+        cls.append(feature.GetField(0))
+    polys = shapely.from_wkb(wkb) if wkb else np.empty(0, object)
+    cls_arr = np.asarray(cls, np.int64)
+    if rows.prob_bands == 0 or not len(polys):
+        return _Block(polys, cls_arr, np.zeros(len(polys)), np.zeros(len(polys), np.int64))
+    labels = _label_pieces(mem, layer)
+    sums, counts = _prob_sums(labels, cls_arr, row0, rows)
+    return _Block(polys, cls_arr, sums, counts)
+
+
+def _label_pieces(mem: gdal.Dataset, layer: ogr.Layer) -> np.ndarray:
+    """Each pixel's piece number (1-based, in layer order; 0 = none), by burning the pieces back into the block."""
+    layer.CreateField(ogr.FieldDefn("piece", ogr.OFTInteger))
+    layer.ResetReading()
+    for i, feature in enumerate(layer, start=1):
+        feature.SetField("piece", i)
+        layer.SetFeature(feature)
+    band = mem.GetRasterBand(1)
+    band.Fill(0)
+    gdal.RasterizeLayer(mem, [1], layer, options=["ATTRIBUTE=piece"])
+    return band.ReadAsArray()
+
+
+def _prob_sums(labels: np.ndarray, cls: np.ndarray, row0: int, rows: _Rows) -> tuple[np.ndarray, np.ndarray]:
+    """Per piece: sum of its class's uint8 probability and its pixel count."""
+    n_rows = labels.shape[0]
+    flat = labels.ravel()
+    counts = np.bincount(flat, minlength=len(cls) + 1)[1:]
+    sums = np.zeros(len(cls))
+    piece_cls = np.concatenate([[np.iinfo(np.int64).min], cls])[flat]
+    for c in np.unique(cls):
+        band = 1 if rows.prob_bands == 1 else int(c) + 1
+        if not 1 <= band <= rows.prob_bands:
+            raise ValueError(f"class {c} has no probability band (the probability raster has {rows.prob_bands})")
+        inside = piece_cls == c
+        prob = rows.prob(row0, n_rows, band).ravel()
+        sums += np.bincount(flat[inside], weights=prob[inside].astype(np.float64), minlength=len(cls) + 1)[1:]
+    return sums, counts
+
+
+def _border_links(above: tuple[np.ndarray, np.ndarray], below: tuple[np.ndarray, np.ndarray], row: int,
+                  upper: tuple[np.ndarray, np.ndarray, int], lower: tuple[np.ndarray, np.ndarray, int]) -> np.ndarray:
+    """Pairs of global piece indices (above, below) that are one region cut by the border at pixel row ``row``.
+
+    ``above``/``below``: (values, keep) of the rows on each side; ``upper``/``lower``: (block polygons, local indices
+    of those touching the border, global index of the block's first polygon). Columns where both sides hold the same
+    selected class join the two pieces; consecutive such columns with one class are one run (4-connected along the
+    row on both sides), so one probe point per run is enough.
+    """
+    (va, ka), (vb, kb) = above, below
+    same = ka & kb & (va == vb)
+    cols = np.flatnonzero(same & ~np.r_[False, same[:-1] & (va[1:] == va[:-1])])
+    if not len(cols):
+        return np.empty((0, 2), np.int64)
+    x = cols + 0.5
+    top = _owner(shapely.points(x, np.full(len(cols), row - 0.5)), *upper)
+    bottom = _owner(shapely.points(x, np.full(len(cols), row + 0.5)), *lower)
+    return np.unique(np.stack([top, bottom], axis=1), axis=0)
+
+
+def _owner(points: np.ndarray, polys: np.ndarray, candidates: np.ndarray, offset: int) -> np.ndarray:
+    """Global index of the piece containing each point (a pixel centre lies inside exactly one piece)."""
+    point_i, poly_i = shapely.STRtree(polys[candidates]).query(points, predicate="within")
+    owner = np.empty(len(points), np.int64)
+    owner[point_i] = offset + candidates[poly_i]
+    return owner
+
+
+def _stitch(polys: np.ndarray, cls: np.ndarray, sums: np.ndarray, counts: np.ndarray,
+            links: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Union of each linked group of pieces; probability sums and counts add up."""
+    parent = np.arange(len(polys))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in links:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    roots = np.array([root(i) for i in range(len(polys))], np.int64) if len(links) else parent
+    groups, first, group_of = np.unique(roots, return_index=True, return_inverse=True)
+    merged = polys[first].copy()
+    sizes = np.bincount(group_of)
+    for g in np.flatnonzero(sizes > 1):
+        merged[g] = shapely.union_all(polys[group_of == g])
+    return (merged, cls[first], np.bincount(group_of, weights=sums), np.bincount(group_of, weights=counts).astype(
+        np.int64), int((sizes > 1).sum()))
+
+
+def _canonical(polys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Valid polygons (parts of multipolygons split), no collinear vertices, normalized; and each one's source index.
+
+    Two descriptions of the same pixel region (whole, or unioned from block pieces) become the same vertex list.
+    """
+    invalid = ~shapely.is_valid(polys)
+    if invalid.any():
+        polys = polys.copy()
+        polys[invalid] = shapely.make_valid(polys[invalid], method="structure", keep_collapsed=False)
+    parts, owner = shapely.get_parts(polys, return_index=True)
+    polygonal = shapely.get_type_id(parts) == shapely.GeometryType.POLYGON
+    parts, owner = parts[polygonal], owner[polygonal]
+    return shapely.normalize(_drop_collinear(parts)), owner
+
+
+def _drop_collinear(polys: np.ndarray) -> np.ndarray:
+    """The same polygons without vertices in the middle of a straight edge (block seams leave those behind)."""
+    if not len(polys):
+        return polys
+    rings, ring_owner = shapely.get_rings(polys, return_index=True)
+    xy, ring_idx = shapely.get_coordinates(rings, return_index=True)
+    closing = np.r_[ring_idx[1:] != ring_idx[:-1], True]
+    xy, ring_idx = xy[~closing], ring_idx[~closing]
+    starts = np.flatnonzero(np.r_[True, ring_idx[1:] != ring_idx[:-1]])
+    sizes = np.diff(np.r_[starts, len(xy)])
+    first, size = np.repeat(starts, sizes), np.repeat(sizes, sizes)
+    pos = np.arange(len(xy)) - first
+    d_in = xy - xy[first + (pos - 1) % size]
+    d_out = xy[first + (pos + 1) % size] - xy
+    corner = d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0] != 0
+    new_rings = shapely.linearrings(xy[corner], indices=ring_idx[corner])
+    return shapely.polygons(new_rings, indices=ring_owner)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Cleaning
+
+
+def _fill_small_holes(polys: np.ndarray, measure: "_Measure", min_area_m2: float) -> tuple[np.ndarray, int]:
+    """Polygons without their holes smaller than ``min_area_m2`` (noise, not courtyards)."""
+    if not len(polys) or min_area_m2 <= 0 or not shapely.get_num_interior_rings(polys).any():
+        return polys, 0
+    rings, owner = shapely.get_rings(polys, return_index=True)
+    is_hole = np.r_[False, owner[1:] == owner[:-1]]
+    small = np.zeros(len(rings), bool)
+    small[is_hole] = measure.area_m2(shapely.polygons(rings[is_hole])) < min_area_m2
+    return shapely.polygons(rings[~small], indices=owner[~small]), int(small.sum())
+
+
+def _reading_order(polys: np.ndarray, cls: np.ndarray) -> np.ndarray:
+    """Top to bottom, then left to right (centroids), then class, area and WKB: the same order for the same set."""
+    if not len(polys):
+        return np.empty(0, np.int64)
+    c = shapely.get_coordinates(shapely.centroid(polys))
+    area = shapely.area(polys)
+    wkb = shapely.to_wkb(polys)
+    return np.array(sorted(range(len(polys)), key=lambda i: (c[i, 1], c[i, 0], cls[i], area[i], wkb[i])), np.int64)
+
+
+def _shares_edge(polys: np.ndarray) -> np.ndarray:
+    """Whether each polygon shares a boundary segment (not just a corner) with another polygon."""
+    out = np.zeros(len(polys), bool)
+    if len(polys) < 2:
+        return out
+    i, j = shapely.STRtree(polys).query(polys, predicate="touches")
+    edge = shapely.relate_pattern(polys[i], polys[j], "****1****")
+    out[i[edge]] = True
+    return out
+
+
+def _simplify(polys: np.ndarray, shares_edge: np.ndarray, px_m: tuple[float, float], tolerance_m: float) -> np.ndarray:
+    """Coverage simplification in metres; vertices stay on the pixel corners they came from.
+
+    Polygons that share edges get a vertex at every pixel corner first, because the coverage simplifier needs the
+    vertices of a shared edge to be the same on both sides (GDAL writes only the corners of each outline).
+    """
+    if not len(polys):
+        return polys
+    dense = polys.copy()
+    dense[shares_edge] = shapely.segmentize(polys[shares_edge], 1.0)
+    scale = np.asarray(px_m)
+    simple = shapely.coverage_simplify(shapely.transform(dense, lambda xy: xy * scale), tolerance_m)
+    return shapely.normalize(shapely.transform(simple, lambda xy: np.rint(xy / scale)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Regularization (in metres, so right angles are right angles on the ground)
+
+
+def _regularize(polys: np.ndarray, px_m: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-angled outlines in the pixel frame and whether each is kept (valid, IoU with the raw one >= 0.85)."""
+    scale = np.asarray(px_m)
+    raw = shapely.transform(polys, lambda xy: xy * scale)
+    pixel = math.sqrt(px_m[0] * px_m[1])
+    straight = shapely.simplify(raw, _REG_TOLERANCE_PX * pixel, preserve_topology=True)
+    regular = np.array([_right_angled(p, _MIN_SIDE_PX * pixel) for p in straight], dtype=object)
+    made = ~shapely.is_missing(regular)
+    ok = np.zeros(len(polys), bool)
+    if made.any():
+        r, g = regular[made], raw[made]
+        valid = shapely.is_valid(r) & (shapely.area(r) > 0)
+        union = shapely.area(shapely.union(r, g, grid_size=None))
+        iou = np.where(valid, shapely.area(shapely.intersection(r, g)) / np.maximum(union, 1e-300), 0.0)
+        ok[made] = valid & (iou >= _MIN_IOU)
+    out = np.empty(len(polys), object)
+    out[ok] = shapely.normalize(shapely.transform(regular[ok], lambda xy: xy / scale))
+    return out, ok
+
+
+def _right_angled(poly: Polygon, min_side: float) -> Polygon | None:
+    """The polygon with every side snapped to its dominant direction or the perpendicular; None if it collapses.
+
+    Holes are snapped to the same direction; a hole that collapses is kept as it was.
+    """
+    theta = _dominant_direction(poly)
+    cos_t, sin_t = math.cos(theta), math.sin(theta)
+    to_axes = np.array([[cos_t, -sin_t], [sin_t, cos_t]])  # row vectors @ this: rotated by -theta
+    shell = np.asarray(poly.exterior.coords)[:-1]
+    origin = shell.mean(axis=0)
+    new_shell = _snap_ring((shell - origin) @ to_axes, min_side)
+    if new_shell is None:
+        return None
+    holes = []
+    for ring in poly.interiors:
+        local = (np.asarray(ring.coords)[:-1] - origin) @ to_axes
+        snapped = _snap_ring(local, min_side)
+        holes.append(local if snapped is None else snapped)
+    back = to_axes.T
+    return Polygon(new_shell @ back + origin, [h @ back + origin for h in holes])
+
+
+def _dominant_direction(poly: Polygon) -> float:
+    """Building direction (radians, modulo 90 degrees) from the sides of the convex hull.
+
+    The hull ignores the ragged concave bits of a predicted outline and keeps the long outer walls. The direction is
+    the mode of a length-weighted kernel density of the sides' angles (times 4, so that walls at right angles agree),
+    refined by the weighted circular mean of the sides within 10 degrees of it.
+    """
+    hull = np.asarray(poly.convex_hull.exterior.coords)
+    sides = np.diff(hull, axis=0)
+    weight = np.hypot(sides[:, 0], sides[:, 1])
+    quad = 4 * np.arctan2(sides[:, 1], sides[:, 0])
+    grid = np.radians(np.arange(0.0, 360.0, 4.0))  # 1-degree steps of the building direction
+    density = (weight[None, :] * np.exp(8.0 * (np.cos(quad[None, :] - grid[:, None]) - 1.0))).sum(axis=1)
+    mode = grid[int(np.argmax(density))]
+    near = np.cos(quad - mode) > math.cos(math.radians(40.0))
+    return 0.25 * math.atan2(float(np.sum(weight[near] * np.sin(quad[near]))),
+                             float(np.sum(weight[near] * np.cos(quad[near]))))
+
+
+def _snap_ring(xy: np.ndarray, min_side: float) -> np.ndarray | None:
+    """An axis-parallel ring from a ring whose walls are roughly axis-parallel; None if fewer than 4 walls remain.
+
+    Consecutive sides closer to horizontal (vertical) form one wall; a wall becomes a line at the mean height
+    (abscissa) of its sides, weighted by their extent along the wall. The wall whose net extent along its axis is
+    smallest is merged into its two neighbours (which then form one wall) while it is under ``min_side``: zig-zags
+    of pixel noise go, real jogs stay. Corners are the crossings of consecutive lines.
+    """
+    edges = np.roll(xy, -1, axis=0) - xy
+    horizontal = np.abs(edges[:, 0]) >= np.abs(edges[:, 1])
+    if horizontal.all() or not horizontal.any():
+        return None
+    start = int(np.flatnonzero(horizontal != np.roll(horizontal, 1))[0])
+    horizontal, edges = np.roll(horizontal, -start), np.roll(edges, -start, axis=0)
+    mid = np.roll(xy, -start, axis=0) + edges / 2
+    wall = np.cumsum(np.r_[0, horizontal[1:] != horizontal[:-1]])
+    along = np.abs(np.where(horizontal, edges[:, 0], edges[:, 1]))
+    is_h = list(horizontal[np.r_[0, np.flatnonzero(np.diff(wall)) + 1]])
+    dx, dy = list(np.bincount(wall, weights=edges[:, 0])), list(np.bincount(wall, weights=edges[:, 1]))
+    weight = list(np.bincount(wall, weights=along))
+    moment = list(np.bincount(wall, weights=along * np.where(horizontal, mid[:, 1], mid[:, 0])))
+    while len(is_h) > 4:
+        extent = [abs(x) if h else abs(y) for x, y, h in zip(dx, dy, is_h)]
+        k = int(np.argmin(extent))
+        if extent[k] >= min_side:
+            break
+        before, after = (k - 1) % len(is_h), (k + 1) % len(is_h)
+        dx[before] += dx[k] + dx[after]
+        dy[before] += dy[k] + dy[after]
+        weight[before] += weight[after]
+        moment[before] += moment[after]
+        for i in sorted((k, after), reverse=True):
+            del dx[i], dy[i], weight[i], moment[i], is_h[i]
+    if len(is_h) < 4:
+        return None
+    lines = np.array(moment) / np.maximum(np.array(weight), 1e-300)
+    nxt = np.roll(lines, -1)
+    return np.where(np.array(is_h)[:, None], np.stack([nxt, lines], 1), np.stack([lines, nxt], 1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Coordinates and measures
+
+
+def _to_map(polys: np.ndarray, gt: Sequence[float]) -> np.ndarray:
+    """Pixel frame -> raster CRS (north-up geotransform)."""
+    scale, origin = np.array([gt[1], gt[5]]), np.array([gt[0], gt[3]])
+    return shapely.transform(polys, lambda xy: origin + xy * scale)
+
+
+class _Measure:
+    """Areas and lengths in metres of pixel-frame polygons, and the pixel size in metres (x, y) at the centre."""
+
+    def __init__(self, gt: Sequence[float], crs_wkt: str, width: int, height: int) -> None:
+        self._gt = tuple(gt)
+        srs = osr.SpatialReference()
+        if crs_wkt:
+            srs.ImportFromWkt(crs_wkt)
+        self._to_laea = None
+        if crs_wkt and srs.IsGeographic():
+            srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+            centre = _to_map(np.array([shapely.points(width / 2, height / 2)]), gt)[0]
+            laea = osr.SpatialReference()
+            laea.CopyGeogCSFrom(srs)
+            laea.SetLAEA(centre.y, centre.x, 0.0, 0.0)
+            laea.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+            self._to_laea = osr.CoordinateTransformation(srs, laea)
+            probe = self.metric(np.array([shapely.linestrings([[width / 2, height / 2], [width / 2 + 1, height / 2]]),
+                                          shapely.linestrings([[width / 2, height / 2], [width / 2, height / 2 + 1]])]))
+            self.px_m = (float(shapely.length(probe[0])), float(shapely.length(probe[1])))
+        else:
+            unit = srs.GetLinearUnits() if crs_wkt and srs.IsProjected() else 1.0
+            self.px_m = (abs(gt[1]) * unit, abs(gt[5]) * unit)
+
+    def metric(self, geoms: np.ndarray) -> np.ndarray:
+        """Pixel-frame geometries in a metric frame (local equal-area projection for geographic rasters)."""
+        if self._to_laea is None:
+            scale = np.asarray(self.px_m)
+            return shapely.transform(geoms, lambda xy: xy * scale)
+        ct = self._to_laea
+        return shapely.transform(_to_map(geoms, self._gt), lambda xy: np.asarray(ct.TransformPoints(xy))[:, :2])
+
+    def area_m2(self, polys: np.ndarray) -> np.ndarray:
+        return shapely.area(self.metric(polys)) if len(polys) else np.empty(0)
+
+    def perimeter_m(self, polys: np.ndarray) -> np.ndarray:
+        return shapely.length(self.metric(polys)) if len(polys) else np.empty(0)
