@@ -176,8 +176,18 @@ def cmd_vectorize(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from mtp_core.metrics import evaluate_files
 
-    report = evaluate_files(args.pred, args.truth, iou_threshold=args.iou, min_area=args.min_area, rules=args.rules)
-    print(report)
+    results = evaluate_files(args.pred, args.truth, iou_threshold=args.iou, min_area=args.min_area, rules=args.rules)
+    print(f"{'area':<24}{'TP':>7}{'FP':>7}{'FN':>7}{'precision':>11}{'recall':>9}{'F1':>9}")
+    for name, r in results.items():
+        print(f"{name:<24}{r.tp:>7}{r.fp:>7}{r.fn:>7}{r.precision:>11.4f}{r.recall:>9.4f}{r.f1:>9.4f}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from mtp_core.merge import merge_layers
+
+    count = merge_layers(args.inputs, args.out)
+    print(f"{count} buildings from {len(args.inputs)} layer(s) -> {args.out}")
     return 0
 
 
@@ -234,9 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("pred", help="predicted polygons (.gpkg/.geojson/SpaceNet .csv)")
     ev.add_argument("truth", help="reference polygons (.gpkg/.geojson/SpaceNet .csv)")
     ev.add_argument("--iou", type=float, default=0.5)
-    ev.add_argument("--min-area", type=float, default=20.0, help="SpaceNet's area filter, in the files' units")
+    ev.add_argument("--min-area", type=float, default=None,
+                    help="SpaceNet's area filter: default 20 px² for CSVs, 5 m² (20 px² at 0.5 m) for vector files")
     ev.add_argument("--rules", choices=("spacenet", "spacenet1"), default="spacenet")
     ev.set_defaults(func=cmd_evaluate)
+
+    mer = sub.add_parser("merge", help="per-shard building layers -> one layer, buildings cut at borders made whole",
+                         fromfile_prefix_chars="@")
+    mer.add_argument("inputs", nargs="+", type=Path, help="building layers (e.g. out/*_buildings.gpkg)")
+    mer.add_argument("--out", required=True, type=Path, help="merged .gpkg/.geojson/.shp")
+    mer.set_defaults(func=cmd_merge)
 
     info = sub.add_parser("info", help="versions, the compute device found, registered models")
     info.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")

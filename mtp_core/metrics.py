@@ -444,3 +444,31 @@ def sum_by_aoi(per_image: Mapping[str, MatchResult]) -> dict[str, MatchResult]:
         )
         for aoi, results in sorted(grouped.items())
     }
+
+
+def evaluate_files(
+    pred: str | Path, truth: str | Path, iou_threshold: float = 0.5, min_area: float | None = None,
+    rules: Rules = "spacenet",
+) -> dict[str, MatchResult]:
+    """Polygon F1 of two files, as ``mtp evaluate`` reports it: per AOI for SpaceNet CSVs, else one ``"all"`` row.
+
+    CSVs are scored in their pixel coordinates (``min_area`` default 20 px², SpaceNet's). Vector files are compared in
+    the prediction's CRS (the reference is reprojected), measured in metres (local UTM for degree CRSs); the default
+    ``min_area`` 5 m² is SpaceNet's 20 px² at 0.5 m. The ``score`` attribute orders the proposals when present.
+    """
+    if Path(pred).suffix.lower() == ".csv" or Path(truth).suffix.lower() == ".csv":
+        if not (Path(pred).suffix.lower() == Path(truth).suffix.lower() == ".csv"):
+            raise ValueError("compare a SpaceNet CSV with another CSV, or two vector files (.gpkg/.geojson/.shp)")
+        area = 20.0 if min_area is None else min_area
+        return evaluate_spacenet_csv(pred, truth, iou_threshold, area, rules).per_aoi
+    from mtp_core.geo import read_vector, to_metric
+
+    proposals, attributes, crs = read_vector(pred)
+    reference, _, _ = read_vector(truth, target_crs_wkt=crs or None)
+    proposals, reference = np.asarray(proposals, dtype=object), np.asarray(reference, dtype=object)
+    both = to_metric(np.concatenate([proposals, reference]), crs) if len(proposals) + len(reference) else proposals
+    scores = attributes.get("score")
+    confidences = np.asarray(scores, dtype=float) if scores and None not in scores and rules == "spacenet" else None
+    result = polygon_f1(both[: len(proposals)], both[len(proposals):], confidences, iou_threshold,
+                        5.0 if min_area is None else min_area, rules)
+    return {"all": result}

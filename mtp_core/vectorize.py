@@ -35,7 +35,7 @@ from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import shapely
-from osgeo import gdal, ogr, osr
+from osgeo import gdal, gdal_array, ogr, osr
 from shapely import Polygon
 
 ProgressFn = Optional[Callable[[int, int], None]]
@@ -44,6 +44,7 @@ CancelFn = Optional[Callable[[], bool]]
 _MIN_IOU = 0.85          # a regularized outline further than this from the raw one is not trusted
 _REG_TOLERANCE_PX = 1.0  # Douglas-Peucker tolerance that turns pixel staircases into straight sides
 _MIN_SIDE_PX = 3.0       # walls shorter than this are pixel noise and merge into their neighbours
+_SIMPLIFY_BATCH = 256    # polygons per coverage-simplification call
 
 
 class VectorizeCancelled(Exception):
@@ -200,8 +201,9 @@ def _vectorize(rows: _Rows, geotransform: Sequence[float], crs_wkt: str, opts: _
     order = _reading_order(polys, cls)
     polys, cls, sums, counts = polys[order], cls[order], sums[order], counts[order]
 
-    shares_edge = _shares_edge(polys)
-    out = _simplify(polys, shares_edge, measure.px_m, opts.simplify_m) if opts.simplify_m > 0 else polys
+    near = _near_pairs(polys)
+    shares_edge = _shares_edge(polys, near)
+    out = _simplify(polys, near, shares_edge, measure.px_m, opts.simplify_m) if opts.simplify_m > 0 else polys
     n_reg = n_rev = 0
     if opts.regularize and len(polys):
         candidates = np.flatnonzero(~shares_edge)
@@ -210,7 +212,7 @@ def _vectorize(rows: _Rows, geotransform: Sequence[float], crs_wkt: str, opts: _
         out[candidates[ok]] = regular[ok]
         n_reg, n_rev = int(ok.sum()), int((~ok).sum())
 
-    geoms = shapely.orient_polygons(shapely.normalize(_to_map(out, geotransform)), exterior_cw=False)
+    geoms = shapely.orient_polygons(_to_map(out, geotransform), exterior_cw=False)
     score = [None if n == 0 else float(s / (255.0 * n)) for s, n in zip(sums, counts)] if rows.prob_bands else \
         [None] * len(geoms)
     attributes = {
@@ -278,9 +280,9 @@ def _polygonize(rows: _Rows, opts: _Options) -> tuple[np.ndarray, np.ndarray, np
     counts = np.concatenate([b.counts for b in blocks])
     n_pieces = len(polys)
     links_arr = np.concatenate(links) if links else np.empty((0, 2), np.int64)
-    polys, cls, sums, counts, n_stitched = _stitch(polys, cls, sums, counts, links_arr)
-    polys, owner = _canonical(polys)
-    return polys, cls[owner], sums[owner], counts[owner], n_pieces, n_stitched
+    polys, cls, sums, counts, stitched = _stitch(polys, cls, sums, counts, links_arr)
+    polys, owner = _canonical(polys, stitched)
+    return polys, cls[owner], sums[owner], counts[owner], n_pieces, int(stitched.sum())
 
 
 def _selected(values: np.ndarray, opts: _Options) -> np.ndarray:
@@ -295,42 +297,44 @@ def _selected(values: np.ndarray, opts: _Options) -> np.ndarray:
 
 def _polygonize_block(values: np.ndarray, keep: np.ndarray, row0: int, rows: _Rows) -> _Block:
     """GDAL's 4-connected polygons of one band of rows, in the pixel frame, with probability sums when asked."""
-    n_rows, width = values.shape
-    mem = gdal.GetDriverByName("MEM").Create("", width, n_rows, 2, gdal.GDT_Int32)
-    mem.SetGeoTransform((0.0, 1.0, 0.0, float(row0), 0.0, 1.0))
     pixels = osr.SpatialReference()
-    pixels.SetLocalCS("pixels")  # the same (local) CRS on raster and layer, so GDAL rasterizes without warning
-    mem.SetSpatialRef(pixels)
-    mem.GetRasterBand(1).WriteArray(values.astype(np.int32, copy=False))
-    mem.GetRasterBand(2).WriteArray(keep.astype(np.int32))
+    pixels.SetLocalCS("pixels")  # the same (local) CRS on rasters and layer, so GDAL rasterizes without warning
+    source = _mem_raster(values if values.dtype == np.uint8 else values.astype(np.int32), row0, pixels)
+    mask = _mem_raster(keep.view(np.uint8), row0, pixels)
     vec = ogr.GetDriverByName("Memory").CreateDataSource("")
     layer = vec.CreateLayer("pieces", pixels, ogr.wkbPolygon)
     layer.CreateField(ogr.FieldDefn("class", ogr.OFTInteger))
-    gdal.Polygonize(mem.GetRasterBand(1), mem.GetRasterBand(2), layer, 0, [])  # no 8CONNECTED option: 4-connected
-    wkb, cls = [], []
-    for feature in layer:
-        wkb.append(bytes(feature.GetGeometryRef().ExportToWkb()))
-        cls.append(feature.GetField(0))
-    polys = shapely.from_wkb(wkb) if wkb else np.empty(0, object)
-    cls_arr = np.asarray(cls, np.int64)
+    gdal.Polygonize(source.GetRasterBand(1), mask.GetRasterBand(1), layer, 0, [])  # no 8CONNECTED: 4-connected
+    geometry = layer.GetGeometryColumn() or "wkb_geometry"
+    batches = list(layer.GetArrowStreamAsNumPy(["INCLUDE_FID=NO"]))
+    polys = shapely.from_wkb(np.concatenate([b[geometry] for b in batches])) if batches else np.empty(0, object)
+    cls = np.concatenate([b["class"] for b in batches]).astype(np.int64) if batches else np.empty(0, np.int64)
     if rows.prob_bands == 0 or not len(polys):
-        return _Block(polys, cls_arr, np.zeros(len(polys)), np.zeros(len(polys), np.int64))
-    labels = _label_pieces(mem, layer)
-    sums, counts = _prob_sums(labels, cls_arr, row0, rows)
-    return _Block(polys, cls_arr, sums, counts)
+        return _Block(polys, cls, np.zeros(len(polys)), np.zeros(len(polys), np.int64))
+    sums, counts = _prob_sums(_label_pieces(layer, values.shape, row0, pixels), cls, row0, rows)
+    return _Block(polys, cls, sums, counts)
 
 
-def _label_pieces(mem: gdal.Dataset, layer: ogr.Layer) -> np.ndarray:
+def _mem_raster(array: np.ndarray, row0: int, srs: osr.SpatialReference) -> gdal.Dataset:
+    """A one-band in-memory raster of ``array`` whose georeferencing is the pixel frame (rows from ``row0``)."""
+    ds = gdal.GetDriverByName("MEM").Create("", array.shape[1], array.shape[0], 1,
+                                            gdal_array.NumericTypeCodeToGDALTypeCode(array.dtype))
+    ds.SetGeoTransform((0.0, 1.0, 0.0, float(row0), 0.0, 1.0))
+    ds.SetSpatialRef(srs)
+    ds.GetRasterBand(1).WriteArray(array)
+    return ds
+
+
+def _label_pieces(layer: ogr.Layer, shape: tuple[int, int], row0: int, srs: osr.SpatialReference) -> np.ndarray:
     """Each pixel's piece number (1-based, in layer order; 0 = none), by burning the pieces back into the block."""
     layer.CreateField(ogr.FieldDefn("piece", ogr.OFTInteger))
     layer.ResetReading()
     for i, feature in enumerate(layer, start=1):
         feature.SetField("piece", i)
         layer.SetFeature(feature)
-    band = mem.GetRasterBand(1)
-    band.Fill(0)
-    gdal.RasterizeLayer(mem, [1], layer, options=["ATTRIBUTE=piece"])
-    return band.ReadAsArray()
+    labels = _mem_raster(np.zeros(shape, np.int32), row0, srs)
+    gdal.RasterizeLayer(labels, [1], layer, options=["ATTRIBUTE=piece"])
+    return labels.GetRasterBand(1).ReadAsArray()
 
 
 def _prob_sums(labels: np.ndarray, cls: np.ndarray, row0: int, rows: _Rows) -> tuple[np.ndarray, np.ndarray]:
@@ -379,9 +383,22 @@ def _owner(points: np.ndarray, polys: np.ndarray, candidates: np.ndarray, offset
 
 
 def _stitch(polys: np.ndarray, cls: np.ndarray, sums: np.ndarray, counts: np.ndarray,
-            links: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Union of each linked group of pieces; probability sums and counts add up."""
-    parent = np.arange(len(polys))
+            links: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Union of each linked group of pieces (probability sums and counts add up), and which are such unions."""
+    _, first, group_of = np.unique(_components(len(polys), links), return_index=True, return_inverse=True)
+    merged = polys[first].copy()
+    sizes = np.bincount(group_of, minlength=len(first))
+    by_group = np.argsort(group_of, kind="stable")
+    members = np.split(by_group, np.cumsum(sizes)[:-1])
+    for g in np.flatnonzero(sizes > 1):
+        merged[g] = shapely.union_all(polys[members[g]])
+    return (merged, cls[first], np.bincount(group_of, weights=sums, minlength=len(first)),
+            np.bincount(group_of, weights=counts, minlength=len(first)).astype(np.int64), sizes > 1)
+
+
+def _components(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Connected components of ``n`` nodes linked by ``pairs``: each node's label is the smallest node of its group."""
+    parent = list(range(n))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -389,21 +406,14 @@ def _stitch(polys: np.ndarray, cls: np.ndarray, sums: np.ndarray, counts: np.nda
             i = parent[i]
         return i
 
-    for a, b in links:
+    for a, b in pairs.tolist():
         ra, rb = root(a), root(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([root(i) for i in range(len(polys))], np.int64) if len(links) else parent
-    groups, first, group_of = np.unique(roots, return_index=True, return_inverse=True)
-    merged = polys[first].copy()
-    sizes = np.bincount(group_of)
-    for g in np.flatnonzero(sizes > 1):
-        merged[g] = shapely.union_all(polys[group_of == g])
-    return (merged, cls[first], np.bincount(group_of, weights=sums), np.bincount(group_of, weights=counts).astype(
-        np.int64), int((sizes > 1).sum()))
+    return np.array([root(i) for i in range(n)], np.int64)
 
 
-def _canonical(polys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _canonical(polys: np.ndarray, stitched: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Valid polygons (parts of multipolygons split), no collinear vertices, normalized; and each one's source index.
 
     Two descriptions of the same pixel region (whole, or unioned from block pieces) become the same vertex list.
@@ -415,26 +425,46 @@ def _canonical(polys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     parts, owner = shapely.get_parts(polys, return_index=True)
     polygonal = shapely.get_type_id(parts) == shapely.GeometryType.POLYGON
     parts, owner = parts[polygonal], owner[polygonal]
-    return shapely.normalize(_drop_collinear(parts)), owner
+    touched = (invalid | stitched)[owner]  # GDAL's own outlines have no collinear vertices
+    parts[touched] = _drop_collinear(parts[touched])
+    return shapely.normalize(parts), owner
 
 
 def _drop_collinear(polys: np.ndarray) -> np.ndarray:
     """The same polygons without vertices in the middle of a straight edge (block seams leave those behind)."""
     if not len(polys):
         return polys
-    rings, ring_owner = shapely.get_rings(polys, return_index=True)
-    xy, ring_idx = shapely.get_coordinates(rings, return_index=True)
-    closing = np.r_[ring_idx[1:] != ring_idx[:-1], True]
-    xy, ring_idx = xy[~closing], ring_idx[~closing]
-    starts = np.flatnonzero(np.r_[True, ring_idx[1:] != ring_idx[:-1]])
-    sizes = np.diff(np.r_[starts, len(xy)])
-    first, size = np.repeat(starts, sizes), np.repeat(sizes, sizes)
-    pos = np.arange(len(xy)) - first
-    d_in = xy - xy[first + (pos - 1) % size]
-    d_out = xy[first + (pos + 1) % size] - xy
+    xy, ring_of, ring_poly = _open_rings(polys)
+    before, after = _cyclic(ring_of)
+    d_in, d_out = xy - xy[before], xy[after] - xy
     corner = d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0] != 0
-    new_rings = shapely.linearrings(xy[corner], indices=ring_idx[corner])
-    return shapely.polygons(new_rings, indices=ring_owner)
+    return _from_open_rings(xy[corner], ring_of[corner], ring_poly)
+
+
+def _open_rings(polys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vertices of every ring without the closing one, the ring of each vertex, the polygon of each ring."""
+    rings, ring_poly = shapely.get_rings(polys, return_index=True)
+    xy, ring_of = shapely.get_coordinates(rings, return_index=True)
+    closing = np.r_[ring_of[1:] != ring_of[:-1], True]
+    return xy[~closing], ring_of[~closing], ring_poly
+
+
+def _from_open_rings(xy: np.ndarray, ring_of: np.ndarray, ring_poly: np.ndarray) -> np.ndarray:
+    """Polygons from open rings (``ring_of`` sorted, every ring of ``ring_poly`` present; shells first)."""
+    starts = np.flatnonzero(np.r_[True, ring_of[1:] != ring_of[:-1]])
+    closed = np.insert(xy, np.r_[starts[1:], len(xy)], xy[starts], axis=0)
+    ring_offsets = np.r_[starts + np.arange(len(starts)), len(closed)]
+    poly_offsets = np.r_[0, np.cumsum(np.bincount(ring_poly))]
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, closed, (ring_offsets, poly_offsets))
+
+
+def _cyclic(ring_of: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the previous and the next vertex of each vertex in its (open) ring."""
+    starts = np.flatnonzero(np.r_[True, ring_of[1:] != ring_of[:-1]])
+    sizes = np.diff(np.r_[starts, len(ring_of)])
+    first, size = np.repeat(starts, sizes), np.repeat(sizes, sizes)
+    pos = np.arange(len(ring_of)) - first
+    return first + (pos - 1) % size, first + (pos + 1) % size
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -462,30 +492,54 @@ def _reading_order(polys: np.ndarray, cls: np.ndarray) -> np.ndarray:
     return np.array(sorted(range(len(polys)), key=lambda i: (c[i, 1], c[i, 0], cls[i], area[i], wkb[i])), np.int64)
 
 
-def _shares_edge(polys: np.ndarray) -> np.ndarray:
+def _near_pairs(polys: np.ndarray) -> np.ndarray:
+    """Pairs (i < j) of polygons whose bounding boxes meet: the only ones that can touch or interact when simplified
+    (removing vertices keeps an outline inside its bounding box)."""
+    i, j = shapely.STRtree(polys).query(polys)
+    keep = i < j
+    return np.stack([i[keep], j[keep]], axis=1)
+
+
+def _shares_edge(polys: np.ndarray, near: np.ndarray) -> np.ndarray:
     """Whether each polygon shares a boundary segment (not just a corner) with another polygon."""
     out = np.zeros(len(polys), bool)
-    if len(polys) < 2:
-        return out
-    i, j = shapely.STRtree(polys).query(polys, predicate="touches")
-    edge = shapely.relate_pattern(polys[i], polys[j], "****1****")
-    out[i[edge]] = True
+    i, j = near[:, 0], near[:, 1]
+    edge = shapely.relate_pattern(polys[i], polys[j], "F***1****")
+    out[i[edge]] = out[j[edge]] = True
     return out
 
 
-def _simplify(polys: np.ndarray, shares_edge: np.ndarray, px_m: tuple[float, float], tolerance_m: float) -> np.ndarray:
+def _simplify(polys: np.ndarray, near: np.ndarray, shares_edge: np.ndarray, px_m: tuple[float, float],
+              tolerance_m: float) -> np.ndarray:
     """Coverage simplification in metres; vertices stay on the pixel corners they came from.
 
     Polygons that share edges get a vertex at every pixel corner first, because the coverage simplifier needs the
-    vertices of a shared edge to be the same on both sides (GDAL writes only the corners of each outline).
+    vertices of a shared edge to be the same on both sides (GDAL writes only the corners of each outline). Groups of
+    polygons whose bounding boxes meet cannot affect other groups, so they are simplified in batches of whole groups:
+    GEOS's time grows faster than linearly with the size of one coverage.
     """
     if not len(polys):
         return polys
     dense = polys.copy()
     dense[shares_edge] = shapely.segmentize(polys[shares_edge], 1.0)
     scale = np.asarray(px_m)
-    simple = shapely.coverage_simplify(shapely.transform(dense, lambda xy: xy * scale), tolerance_m)
+    metric = shapely.transform(dense, lambda xy: xy * scale)
+    simple = np.empty(len(polys), object)
+    for batch in _batches(_components(len(polys), near), _SIMPLIFY_BATCH):
+        simple[batch] = shapely.coverage_simplify(metric[batch], tolerance_m)
     return shapely.normalize(shapely.transform(simple, lambda xy: np.rint(xy / scale)))
+
+
+def _batches(group: np.ndarray, size: int) -> list[np.ndarray]:
+    """Indices split into batches of about ``size``, never splitting a group (groups in order of their label)."""
+    order = np.argsort(group, kind="stable")
+    starts = np.flatnonzero(np.r_[True, group[order][1:] != group[order][:-1]])
+    cuts, filled = [], 0
+    for start in starts[1:].tolist():
+        if start - filled >= size:
+            cuts.append(start)
+            filled = start
+    return np.split(order, cuts)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -493,104 +547,162 @@ def _simplify(polys: np.ndarray, shares_edge: np.ndarray, px_m: tuple[float, flo
 
 
 def _regularize(polys: np.ndarray, px_m: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-angled outlines in the pixel frame and whether each is kept (valid, IoU with the raw one >= 0.85)."""
+    """Right-angled outlines in the pixel frame and whether each is kept (valid, IoU with the raw one >= 0.85).
+
+    Each outline is straightened (Douglas-Peucker, 1 pixel), turned so that its dominant direction is the x axis, and
+    every ring is snapped to axis-parallel walls (:func:`_snap_rings`), then turned back. A hole whose walls collapse
+    stays as it was; an outline whose shell collapses is not regularized.
+    """
     scale = np.asarray(px_m)
     raw = shapely.transform(polys, lambda xy: xy * scale)
     pixel = math.sqrt(px_m[0] * px_m[1])
-    straight = shapely.simplify(raw, _REG_TOLERANCE_PX * pixel, preserve_topology=True)
-    regular = np.array([_right_angled(p, _MIN_SIDE_PX * pixel) for p in straight], dtype=object)
-    made = ~shapely.is_missing(regular)
+    straight = _straighten(raw, _REG_TOLERANCE_PX * pixel)
+    theta = _dominant_directions(straight)
+    origin = shapely.get_coordinates(shapely.centroid(straight))
+
+    xy, ring_of, ring_poly = _open_rings(straight)
+    owner = ring_poly[ring_of]
+    local = _rotate(xy - origin[owner], -theta[owner])
+    corners, corner_ring, snapped = _snap_rings(local, ring_of, len(ring_poly), _MIN_SIDE_PX * pixel)
+
+    is_shell = np.r_[True, ring_poly[1:] != ring_poly[:-1]]
+    made = np.zeros(len(polys), bool)
+    made[ring_poly[is_shell & snapped]] = True
     ok = np.zeros(len(polys), bool)
-    if made.any():
-        r, g = regular[made], raw[made]
-        valid = shapely.is_valid(r) & (shapely.area(r) > 0)
-        union = shapely.area(shapely.union(r, g, grid_size=None))
-        iou = np.where(valid, shapely.area(shapely.intersection(r, g)) / np.maximum(union, 1e-300), 0.0)
-        ok[made] = valid & (iou >= _MIN_IOU)
     out = np.empty(len(polys), object)
-    out[ok] = shapely.normalize(shapely.transform(regular[ok], lambda xy: xy / scale))
+    if not made.any():
+        return out, ok
+    keep_raw = ~snapped[ring_of] & made[owner]  # collapsed holes of regularized outlines stay as they were
+    ring_ids = np.concatenate([corner_ring, ring_of[keep_raw]])
+    coords = np.concatenate([corners, local[keep_raw]])
+    take = made[ring_poly[ring_ids]]
+    order = np.argsort(ring_ids[take], kind="stable")
+    ring_ids, coords = ring_ids[take][order], coords[take][order]
+    world = _rotate(coords, theta[ring_poly[ring_ids]]) + origin[ring_poly[ring_ids]]
+    used, ring_index = np.unique(ring_ids, return_inverse=True)
+    regular = _from_open_rings(world, ring_index, np.unique(ring_poly[used], return_inverse=True)[1])
+    made_idx = np.flatnonzero(made)
+    valid = shapely.is_valid(regular) & (shapely.area(regular) > 0)
+    inter = np.zeros(len(regular))
+    inter[valid] = shapely.area(shapely.intersection(regular[valid], raw[made_idx[valid]]))
+    union = shapely.area(regular) + shapely.area(raw[made_idx]) - inter
+    good = valid & (inter >= _MIN_IOU * union)
+    ok[made_idx[good]] = True
+    out[ok] = shapely.normalize(shapely.transform(regular[good], lambda p: p / scale))
     return out, ok
 
 
-def _right_angled(poly: Polygon, min_side: float) -> Polygon | None:
-    """The polygon with every side snapped to its dominant direction or the perpendicular; None if it collapses.
-
-    Holes are snapped to the same direction; a hole that collapses is kept as it was.
-    """
-    theta = _dominant_direction(poly)
-    cos_t, sin_t = math.cos(theta), math.sin(theta)
-    to_axes = np.array([[cos_t, -sin_t], [sin_t, cos_t]])  # row vectors @ this: rotated by -theta
-    shell = np.asarray(poly.exterior.coords)[:-1]
-    origin = shell.mean(axis=0)
-    new_shell = _snap_ring((shell - origin) @ to_axes, min_side)
-    if new_shell is None:
-        return None
-    holes = []
-    for ring in poly.interiors:
-        local = (np.asarray(ring.coords)[:-1] - origin) @ to_axes
-        snapped = _snap_ring(local, min_side)
-        holes.append(local if snapped is None else snapped)
-    back = to_axes.T
-    return Polygon(new_shell @ back + origin, [h @ back + origin for h in holes])
+def _straighten(polys: np.ndarray, tolerance: float) -> np.ndarray:
+    """Douglas-Peucker outlines: the fast variant, or the topology-preserving one where the fast one breaks a polygon."""
+    fast = shapely.simplify(polys, tolerance, preserve_topology=False)
+    broken = (shapely.get_type_id(fast) != shapely.GeometryType.POLYGON) | shapely.is_empty(fast) | ~shapely.is_valid(
+        fast)
+    fast[broken] = shapely.simplify(polys[broken], tolerance, preserve_topology=True)
+    return fast
 
 
-def _dominant_direction(poly: Polygon) -> float:
-    """Building direction (radians, modulo 90 degrees) from the sides of the convex hull.
+def _rotate(xy: np.ndarray, angle: np.ndarray) -> np.ndarray:
+    """Points turned counter-clockwise by ``angle`` (one angle per point) about the origin."""
+    cos, sin = np.cos(angle), np.sin(angle)
+    return np.stack([xy[:, 0] * cos - xy[:, 1] * sin, xy[:, 0] * sin + xy[:, 1] * cos], axis=1)
+
+
+def _dominant_directions(polys: np.ndarray) -> np.ndarray:
+    """Building direction of each polygon (radians, modulo 90 degrees) from the sides of its convex hull.
 
     The hull ignores the ragged concave bits of a predicted outline and keeps the long outer walls. The direction is
-    the mode of a length-weighted kernel density of the sides' angles (times 4, so that walls at right angles agree),
-    refined by the weighted circular mean of the sides within 10 degrees of it.
+    the mode of a length-weighted kernel density of the sides' angles (times 4, so that walls at right angles agree;
+    1-degree grid), refined by the weighted circular mean of the sides within 10 degrees of it.
     """
-    hull = np.asarray(poly.convex_hull.exterior.coords)
-    sides = np.diff(hull, axis=0)
+    xy, poly = shapely.get_coordinates(shapely.get_exterior_ring(shapely.convex_hull(polys)), return_index=True)
+    same = poly[1:] == poly[:-1]
+    sides, poly = (xy[1:] - xy[:-1])[same], poly[1:][same]
     weight = np.hypot(sides[:, 0], sides[:, 1])
     quad = 4 * np.arctan2(sides[:, 1], sides[:, 0])
-    grid = np.radians(np.arange(0.0, 360.0, 4.0))  # 1-degree steps of the building direction
-    density = (weight[None, :] * np.exp(8.0 * (np.cos(quad[None, :] - grid[:, None]) - 1.0))).sum(axis=1)
-    mode = grid[int(np.argmax(density))]
-    near = np.cos(quad - mode) > math.cos(math.radians(40.0))
-    return 0.25 * math.atan2(float(np.sum(weight[near] * np.sin(quad[near]))),
-                             float(np.sum(weight[near] * np.cos(quad[near]))))
+    grid = np.radians(np.arange(0.0, 360.0, 4.0))
+    density = weight[:, None] * np.exp(8.0 * (np.cos(quad[:, None] - grid[None, :]) - 1.0))
+    starts = np.flatnonzero(np.r_[True, poly[1:] != poly[:-1]])  # every polygon has a hull with sides
+    mode = grid[np.argmax(np.add.reduceat(density, starts, axis=0), axis=1)]
+    near = np.cos(quad - mode[poly]) > math.cos(math.radians(40.0))
+    sin_sum = np.bincount(poly, weights=np.where(near, weight * np.sin(quad), 0.0), minlength=len(polys))
+    cos_sum = np.bincount(poly, weights=np.where(near, weight * np.cos(quad), 0.0), minlength=len(polys))
+    return 0.25 * np.arctan2(sin_sum, cos_sum)
 
 
-def _snap_ring(xy: np.ndarray, min_side: float) -> np.ndarray | None:
-    """An axis-parallel ring from a ring whose walls are roughly axis-parallel; None if fewer than 4 walls remain.
+def _snap_rings(xy: np.ndarray, ring: np.ndarray, n_rings: int,
+                min_side: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Axis-parallel rings from rings whose walls are roughly axis-parallel: (corners, ring of each, ring snapped).
 
     Consecutive sides closer to horizontal (vertical) form one wall; a wall becomes a line at the mean height
     (abscissa) of its sides, weighted by their extent along the wall. The wall whose net extent along its axis is
     smallest is merged into its two neighbours (which then form one wall) while it is under ``min_side``: zig-zags
-    of pixel noise go, real jogs stay. Corners are the crossings of consecutive lines.
+    of pixel noise go, real jogs stay. Corners are the crossings of consecutive lines. A ring left with fewer than
+    four walls is not snapped.
     """
-    edges = np.roll(xy, -1, axis=0) - xy
+    before, after = _cyclic(ring)
+    edges = xy[after] - xy
     horizontal = np.abs(edges[:, 0]) >= np.abs(edges[:, 1])
-    if horizontal.all() or not horizontal.any():
-        return None
-    start = int(np.flatnonzero(horizontal != np.roll(horizontal, 1))[0])
-    horizontal, edges = np.roll(horizontal, -start), np.roll(edges, -start, axis=0)
-    mid = np.roll(xy, -start, axis=0) + edges / 2
-    wall = np.cumsum(np.r_[0, horizontal[1:] != horizontal[:-1]])
-    along = np.abs(np.where(horizontal, edges[:, 0], edges[:, 1]))
-    is_h = list(horizontal[np.r_[0, np.flatnonzero(np.diff(wall)) + 1]])
-    dx, dy = list(np.bincount(wall, weights=edges[:, 0])), list(np.bincount(wall, weights=edges[:, 1]))
-    weight = list(np.bincount(wall, weights=along))
-    moment = list(np.bincount(wall, weights=along * np.where(horizontal, mid[:, 1], mid[:, 0])))
-    while len(is_h) > 4:
-        extent = [abs(x) if h else abs(y) for x, y, h in zip(dx, dy, is_h)]
-        k = int(np.argmin(extent))
+    turn = horizontal != horizontal[before]
+    walls = np.bincount(ring, weights=turn, minlength=n_rings).astype(np.int64)  # even; 0 if all one way
+    starts = np.flatnonzero(np.r_[True, ring[1:] != ring[:-1]])
+    turns_so_far = np.cumsum(turn) - np.repeat(np.cumsum(turn)[starts] - turn[starts], np.diff(np.r_[starts, len(ring)]))
+    wall_offset = np.cumsum(walls) - walls
+    has_walls = walls[ring] > 0
+    # Sides before a ring's first turn belong to its last wall.
+    wall = wall_offset[ring] + (turns_so_far - 1) % np.maximum(walls[ring], 1)
+    wall, e, h = wall[has_walls], edges[has_walls], horizontal[has_walls]
+    mid = (xy + edges / 2)[has_walls]
+    n_walls = int(walls.sum())
+    along = np.abs(np.where(h, e[:, 0], e[:, 1]))
+    table = {
+        "dx": np.bincount(wall, weights=e[:, 0], minlength=n_walls),
+        "dy": np.bincount(wall, weights=e[:, 1], minlength=n_walls),
+        "weight": np.bincount(wall, weights=along, minlength=n_walls),
+        "moment": np.bincount(wall, weights=along * np.where(h, mid[:, 1], mid[:, 0]), minlength=n_walls),
+    }
+    is_h = np.zeros(n_walls, bool)
+    is_h[wall] = h
+    wall_ring = np.repeat(np.arange(n_rings), walls)
+    extent = np.where(is_h, np.abs(table["dx"]), np.abs(table["dy"]))
+    noisy = np.zeros(n_rings, bool)
+    if n_walls:
+        noisy[wall_ring[extent < min_side]] = True
+    noisy &= walls > 4
+    merged = [_merge_walls({k: v[wall_offset[r]:wall_offset[r] + walls[r]] for k, v in table.items()},
+                           is_h[wall_offset[r]:wall_offset[r] + walls[r]], min_side) for r in np.flatnonzero(noisy)]
+    plain = ~noisy[wall_ring]
+    wall_ring = np.concatenate([wall_ring[plain]] + [np.full(len(m[1]), r) for r, m in zip(np.flatnonzero(noisy),
+                                                                                             merged)])
+    is_h = np.concatenate([is_h[plain]] + [m[1] for m in merged])
+    lines = np.concatenate([table["moment"][plain] / np.maximum(table["weight"][plain], 1e-300)] + [m[0] for m in merged])
+    order = np.argsort(wall_ring, kind="stable")
+    wall_ring, is_h, lines = wall_ring[order], is_h[order], lines[order]
+    count = np.bincount(wall_ring, minlength=n_rings)
+    snapped = count >= 4
+    take = snapped[wall_ring]
+    wall_ring, is_h, lines = wall_ring[take], is_h[take], lines[take]
+    nxt = lines[_cyclic(wall_ring)[1]]
+    corners = np.where(is_h[:, None], np.stack([nxt, lines], 1), np.stack([lines, nxt], 1))
+    return corners, wall_ring, snapped
+
+
+def _merge_walls(table: dict[str, np.ndarray], is_h: np.ndarray, min_side: float) -> tuple[np.ndarray, np.ndarray]:
+    """Walls of one ring after merging the shortest ones (see :func:`_snap_rings`): (line positions, horizontal)."""
+    dx, dy, weight, moment = (table[k].tolist() for k in ("dx", "dy", "weight", "moment"))
+    horizontal = is_h.tolist()
+    while len(horizontal) > 4:
+        extent = [abs(x) if h else abs(y) for x, y, h in zip(dx, dy, horizontal)]
+        k = min(range(len(extent)), key=extent.__getitem__)
         if extent[k] >= min_side:
             break
-        before, after = (k - 1) % len(is_h), (k + 1) % len(is_h)
+        before, after = (k - 1) % len(horizontal), (k + 1) % len(horizontal)
         dx[before] += dx[k] + dx[after]
         dy[before] += dy[k] + dy[after]
         weight[before] += weight[after]
         moment[before] += moment[after]
         for i in sorted((k, after), reverse=True):
-            del dx[i], dy[i], weight[i], moment[i], is_h[i]
-    if len(is_h) < 4:
-        return None
-    lines = np.array(moment) / np.maximum(np.array(weight), 1e-300)
-    nxt = np.roll(lines, -1)
-    return np.where(np.array(is_h)[:, None], np.stack([nxt, lines], 1), np.stack([lines, nxt], 1))
+            del dx[i], dy[i], weight[i], moment[i], horizontal[i]
+    return np.array(moment) / np.maximum(np.array(weight), 1e-300), np.array(horizontal, bool)
 
 
 # ----------------------------------------------------------------------------------------------------------------

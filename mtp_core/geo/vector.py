@@ -21,7 +21,7 @@ import numpy as np
 import shapely
 from osgeo import gdal, ogr, osr
 
-from mtp_core.geo.raster import GeoError
+from mtp_core.geo.raster import GeoError, utm_epsg
 
 gdal.UseExceptions()
 ogr.UseExceptions()
@@ -240,3 +240,21 @@ def _atomic_files(path: Path) -> Iterator[Path]:
             os.replace(f, path.with_name(f.name))
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def to_metric(geometries: np.ndarray, crs_wkt: str) -> np.ndarray:
+    """Geometries in a metric CRS for areas/perimeters (the layer's own when projected, else local UTM)."""
+    srs = osr.SpatialReference(wkt=crs_wkt) if crs_wkt else None
+    if srs is None or not srs.IsGeographic():
+        return geometries
+    lon, lat = shapely.centroid(shapely.union_all(geometries)).coords[0]
+    utm = osr.SpatialReference()
+    utm.ImportFromEPSG(utm_epsg(lon, lat))
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    utm.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    transform = osr.CoordinateTransformation(srs, utm)
+
+    def project(coords: np.ndarray) -> np.ndarray:
+        return np.asarray(transform.TransformPoints(coords))[:, :2]
+
+    return shapely.transform(geometries, project)

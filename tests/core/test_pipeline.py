@@ -1,0 +1,159 @@
+"""The main job as users run it: `mtp predict` on projected and geographic rasters, bad inputs, cancel, shards."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+from osgeo import gdal, osr
+
+from mtp_core.cli import DEMO_CHECKPOINT, main
+from mtp_core.geo import GeoError, describe_raster, read_vector
+from mtp_core.inference import CLASS_NODATA, Predictor
+from mtp_core.pipeline import extract_buildings
+from mtp_core.progress import Cancelled
+from mtp_core.shard import parse_shard, select_shard
+from mtp_core.synthetic import render_scene, write_scene
+from tests.conftest import shared_file
+
+CHIP = ("realdata", "spacenet1_AOI_0_TEST", "AOI_0_TEST", "3band", "3band_013022223130_Public_img10.tif")
+FIELDS = {"id", "class", "score", "area_m2", "perimeter_m", "source", "model"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint() -> Path:
+    """The embedded demo model: real predictions on synthetic scenes, 256 px tiles (one tile for small rasters)."""
+    assert DEMO_CHECKPOINT.is_file()
+    return DEMO_CHECKPOINT
+
+
+@pytest.fixture(scope="module")
+def scene_tif(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("scene")
+    tif, _ = write_scene(render_scene(200, 180, seed=4), out / "scene.tif", out / "scene.geojson")
+    return tif
+
+
+def predictor(checkpoint: Path) -> Predictor:
+    return Predictor.from_checkpoint(checkpoint, device="cpu", batch_size=4)
+
+
+def test_predict_writes_mask_and_attributed_polygons_in_the_raster_crs(checkpoint, scene_tif, tmp_path, capsys):
+    assert main(["predict", str(scene_tif), "--checkpoint", str(checkpoint), "--out", str(tmp_path),
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("device: cpu") and "tiles/s" in out and "km²/s" in out
+    src, mask = describe_raster(scene_tif), describe_raster(tmp_path / "scene_mask.tif")
+    assert (mask.width, mask.height, mask.geotransform, mask.epsg) == (src.width, src.height, src.geotransform, 32633)
+    geoms, attrs, crs = read_vector(tmp_path / "scene_buildings.gpkg")
+    assert osr.SpatialReference(wkt=crs).GetAuthorityCode(None) == "32633"
+    assert len(geoms) > 0 and set(attrs) >= FIELDS
+    assert all(0.0 <= s <= 1.0 for s in attrs["score"]) and set(attrs["source"]) == {"scene.tif"}
+    minx, miny, maxx, maxy = src.bounds
+    assert shapely.total_bounds(geoms).tolist() >= [minx, miny, minx, miny]
+    assert all(shapely.within(g, shapely.box(minx, miny, maxx, maxy).buffer(1e-6)) for g in geoms)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene_buildings.gpkg", "scene_mask.tif"]
+
+
+def test_geographic_chip_comes_back_on_its_own_grid(checkpoint, tmp_path):
+    chip = shared_file(*CHIP)
+    result = extract_buildings(predictor(checkpoint), chip, tmp_path, probabilities=True)
+    src, mask = describe_raster(chip), describe_raster(result.mask_path)
+    assert result.prediction.warped
+    assert (mask.width, mask.height, mask.epsg) == (src.width, src.height, 4326)
+    assert np.allclose(mask.geotransform, src.geotransform)
+    assert describe_raster(result.prob_path).band_count == 1
+    geoms, attrs, _ = read_vector(result.vector_path)
+    minx, miny, maxx, maxy = src.bounds
+    assert all(minx - 1e-9 <= b <= maxx + 1e-9 for g in geoms for b in shapely.bounds(g)[::2])
+    assert all(1.0 < a < 5000 for a in attrs["area_m2"])  # metres, not square degrees
+
+
+def test_nodata_stays_nodata(checkpoint, tmp_path):
+    scene = render_scene(600, 300, seed=2)
+    tif, _ = write_scene(scene, tmp_path / "in" / "holes.tif")
+    ds = gdal.Open(str(tif), gdal.GA_Update)
+    for b in range(1, 4):
+        band = ds.GetRasterBand(b)
+        band.SetNoDataValue(0)
+        data = band.ReadAsArray()
+        data[:300, :] = 0
+        band.WriteArray(data)
+    ds = None
+    result = extract_buildings(predictor(checkpoint), tif, tmp_path / "out")
+    mask = gdal.Open(str(result.mask_path)).ReadAsArray()
+    assert (mask[:300] == CLASS_NODATA).all() and (mask[300:] != CLASS_NODATA).all()
+    assert result.prediction.stats.tiles_skipped == 2  # the first tile row is all nodata: not run
+
+
+def test_cancel_leaves_no_output(checkpoint, scene_tif, tmp_path):
+    calls = []
+    with pytest.raises(Cancelled):
+        extract_buildings(predictor(checkpoint), scene_tif, tmp_path, probabilities=True,
+                          progress=calls.append, cancel=lambda: len(calls) >= 1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _write_raster(path: Path, bands: int, georef: bool = True) -> Path:
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), 80, 70, bands, gdal.GDT_Byte)
+    if georef:
+        ds.SetGeoTransform((500000, 0.5, 0, 4500000, 0, -0.5))
+        srs = osr.SpatialReference()
+        srs.ImportFromEPSG(32633)
+        ds.SetProjection(srs.ExportToWkt())
+    ds = None
+    return path
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (lambda d: d / "missing.tif", [], "not found"),
+        (lambda d: _write_raster(d / "gray.tif", 1), [], "has 1 band"),
+        (lambda d: _write_raster(d / "rgb.tif", 3), ["--bands", "3,2"], "takes 3 bands"),
+        (lambda d: _write_raster(d / "plain.tif", 3, georef=False), [], "--pixel-crs"),
+        (lambda d: d / "missing.tif", ["--shard", "3/2"], "K must be in 0..N-1"),
+        (lambda d: _write_raster(d / "rgb.tif", 3), ["--tile", "128"], "takes 256 px tiles"),
+    ],
+)
+def test_bad_inputs_are_explained(checkpoint, tmp_path, capsys, setup, args, message):
+    raster = setup(tmp_path)
+    rc = main(["predict", str(raster), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), *args])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_pixel_crs_runs_in_pixel_units(checkpoint, tmp_path):
+    raster = _write_raster(tmp_path / "plain.tif", 3, georef=False)
+    with pytest.raises(GeoError, match="--pixel-crs"):
+        extract_buildings(predictor(checkpoint), raster, tmp_path / "a")
+    result = extract_buildings(predictor(checkpoint), raster, tmp_path / "b", pixel_crs=True)
+    assert result.mask_path.exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_is_explained(scene_tif, tmp_path, capsys):
+    bad = tmp_path / "notes.pth"
+    bad.write_text("not a checkpoint")
+    assert main(["predict", str(scene_tif), "--checkpoint", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "notes.pth" in err and "checkpoint" in err and "Traceback" not in err
+
+
+def test_shards_split_the_inputs_and_reruns_skip_finished_rasters(checkpoint, tmp_path, capsys, monkeypatch):
+    names = [tmp_path / f"r{i}.tif" for i in range(5)]
+    assert [p.name for p in select_shard(names, 1, 2)] == ["r1.tif", "r3.tif"]
+    assert parse_shard("2/4") == (2, 4) and parse_shard(None, {}) == (0, 1)
+    assert parse_shard(None, {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5",
+                              "SLURM_ARRAY_TASK_COUNT": "3"}) == (2, 3)
+    assert parse_shard(None, {"RANK": "1", "WORLD_SIZE": "2"}) == (1, 2)
+    scene = render_scene(100, 100, seed=1)
+    rasters = [write_scene(scene, tmp_path / "in" / f"t{i}.tif")[0] for i in range(3)]
+    args = ["predict", *map(str, rasters), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")]
+    assert main([*args, "--shard", "0/2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.gpkg")) == ["t0_buildings.gpkg", "t2_buildings.gpkg"]
+    capsys.readouterr()
+    assert main(args) == 0  # the killed-and-restarted job: only t1 is left to do
+    out = capsys.readouterr().out
+    assert out.count("outputs exist, skipped") == 2 and "t1.tif: " in out
