@@ -748,7 +748,11 @@ class _Measure:
         return shapely.transform(_to_map(geoms, self._gt), lambda xy: np.asarray(ct.TransformPoints(xy))[:, :2])
 
     def area_m2(self, polys: np.ndarray) -> np.ndarray:
+        if self._to_laea is None:  # a projected frame is a scaling of the pixel frame
+            return shapely.area(polys) * (self.px_m[0] * self.px_m[1])
         return shapely.area(self.metric(polys)) if len(polys) else np.empty(0)
 
     def perimeter_m(self, polys: np.ndarray) -> np.ndarray:
+        if self._to_laea is None and self.px_m[0] == self.px_m[1]:
+            return shapely.length(polys) * self.px_m[0]
         return shapely.length(self.metric(polys)) if len(polys) else np.empty(0)

@@ -70,3 +70,20 @@ def test_bad_slurm_arguments_are_explained(tmp_path: Path, capsys) -> None:
     rc = slurm_main(["missing.py", "--partition", "gpu", "--time", "forever", "--work-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "config file not found" in err and "not a Slurm time" in err
+
+
+def test_predict_array_script_shards_rasters_across_tasks(tmp_path: Path, capsys) -> None:
+    rasters = tmp_path / "rasters.txt"
+    rasters.write_text("a.tif\nb.tif\n")
+    out = tmp_path / "out"
+    rc = slurm_main(["--predict", str(rasters), "--out", str(out), "--array-size", "8", "--partition", "gpu",
+                     "--time", "4:00:00", "--dry-run", "--", "--regularize"])
+    assert rc == 0
+    script = (out / "slurm_predict.sh").read_text()
+    for line in ("#SBATCH --array=0-7", "#SBATCH --gres=gpu:1", "#SBATCH --requeue", "--regularize",
+                 f"predict @{rasters.resolve()} --out {out.resolve()}", "merge"):
+        assert line in script
+    assert subprocess.run(["bash", "-n", str(out / "slurm_predict.sh")]).returncode == 0
+    capsys.readouterr()
+    assert slurm_main(["--predict", str(tmp_path / "none.txt"), "--partition", "gpu", "--time", "1:00:00"]) == 2
+    assert "raster list not found" in capsys.readouterr().err
