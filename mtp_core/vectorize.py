@@ -38,6 +38,8 @@ import shapely
 from osgeo import gdal, gdal_array, ogr, osr
 from shapely import Polygon
 
+from mtp_core.progress import Cancelled
+
 ProgressFn = Optional[Callable[[int, int], None]]
 CancelFn = Optional[Callable[[], bool]]
 
@@ -47,8 +49,8 @@ _MIN_SIDE_PX = 3.0       # walls shorter than this are pixel noise and merge int
 _SIMPLIFY_BATCH = 256    # polygons per coverage-simplification call
 
 
-class VectorizeCancelled(Exception):
-    """The caller's ``cancel()`` returned True; nothing was returned."""
+class VectorizeCancelled(Cancelled):
+    """The caller's ``cancel()`` returned True; nothing was returned (a :class:`mtp_core.progress.Cancelled`)."""
 
 
 @dataclass
@@ -87,11 +89,11 @@ class _Rows(Protocol):
 
     height: int
     width: int
-    prob_bands: int  # 0: no probabilities
+    has_prob: bool
 
     def classes(self, row0: int, rows: int) -> np.ndarray: ...
 
-    def prob(self, row0: int, rows: int, band: int) -> np.ndarray: ...
+    def prob(self, row0: int, rows: int, cls: int) -> np.ndarray: ...
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -104,9 +106,10 @@ def vectorize_raster(class_raster_path: str, *, classes: Sequence[int] | None = 
                      cancel: CancelFn = None) -> VectorResult:
     """Polygons of the class raster's band 1 (all non-zero, non-nodata values unless ``classes`` is given).
 
-    ``prob_raster_path``: uint8 probabilities (0-255) of the same size; with one band it is the probability of every
-    polygon, with several, band ``class + 1`` is the probability of that class. ``score`` is its mean inside each
-    polygon. ``progress(done_rows, total_rows)`` is called after each band of rows; ``cancel()`` is checked before.
+    ``prob_raster_path``: uint8 probabilities (0-255) of the same size, as ``mtp predict`` writes them: band ``c`` is
+    the probability of class ``c`` (background is not stored); a one-band raster scores every class. ``score`` is
+    its mean over each polygon's pixels. ``progress(done_rows, total_rows)`` is called after each band of rows;
+    ``cancel()`` is checked before each band and between the cleaning steps (:class:`VectorizeCancelled`).
     """
     gdal.UseExceptions()
     ds = gdal.Open(str(class_raster_path))
@@ -130,7 +133,9 @@ def vectorize_array(mask: np.ndarray, geotransform: Sequence[float], crs_wkt: st
                     model: str = "", progress: ProgressFn = None, cancel: CancelFn = None) -> VectorResult:
     """:func:`vectorize_raster` for an in-memory class mask (H, W), e.g. a window around a click.
 
-    ``prob``: (H, W) or (K, H, W) probabilities, uint8 0-255 or float 0-1 (quantized to 8 bits, as a file would be).
+    ``prob``: (H, W) probabilities of every class, or (K, H, W) with plane ``c`` for class ``c`` (background
+    included, as ``Predictor.predict_array`` returns them); uint8 0-255 or float 0-1, quantized to 8 bits as in a
+    file, so both paths score alike.
     """
     gdal.UseExceptions()
     if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer) and mask.dtype != bool:
@@ -154,12 +159,16 @@ class _RasterRows:
     def __init__(self, ds: gdal.Dataset, prob_ds: gdal.Dataset | None) -> None:
         self._band, self._prob = ds.GetRasterBand(1), prob_ds
         self.height, self.width = ds.RasterYSize, ds.RasterXSize
-        self.prob_bands = 0 if prob_ds is None else prob_ds.RasterCount
+        self.has_prob = prob_ds is not None
 
     def classes(self, row0: int, rows: int) -> np.ndarray:
         return self._band.ReadAsArray(0, row0, self.width, rows)
 
-    def prob(self, row0: int, rows: int, band: int) -> np.ndarray:
+    def prob(self, row0: int, rows: int, cls: int) -> np.ndarray:
+        count = self._prob.RasterCount
+        band = 1 if count == 1 else cls
+        if not 1 <= band <= count:
+            raise ValueError(f"class {cls} has no band in the {count}-band probability raster")
         return self._prob.GetRasterBand(band).ReadAsArray(0, row0, self.width, rows, buf_type=gdal.GDT_Byte)
 
 
@@ -174,13 +183,16 @@ class _ArrayRows:
             if prob.dtype != np.uint8:
                 prob = np.rint(np.clip(prob, 0.0, 1.0) * 255).astype(np.uint8)
         self._prob = prob
-        self.prob_bands = 0 if prob is None else prob.shape[0]
+        self.has_prob = prob is not None
 
     def classes(self, row0: int, rows: int) -> np.ndarray:
         return self._mask[row0 : row0 + rows]
 
-    def prob(self, row0: int, rows: int, band: int) -> np.ndarray:
-        return self._prob[band - 1, row0 : row0 + rows]
+    def prob(self, row0: int, rows: int, cls: int) -> np.ndarray:
+        plane = 0 if len(self._prob) == 1 else cls
+        if not 0 <= plane < len(self._prob):
+            raise ValueError(f"class {cls} has no plane in the {len(self._prob)}-plane probabilities")
+        return self._prob[plane, row0 : row0 + rows]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -204,6 +216,7 @@ def _vectorize(rows: _Rows, geotransform: Sequence[float], crs_wkt: str, opts: _
     near = _near_pairs(polys)
     shares_edge = _shares_edge(polys, near)
     out = _simplify(polys, near, shares_edge, measure.px_m, opts.simplify_m) if opts.simplify_m > 0 else polys
+    _check_cancel(opts.cancel)
     n_reg = n_rev = 0
     if opts.regularize and len(polys):
         candidates = np.flatnonzero(~shares_edge)
@@ -213,7 +226,7 @@ def _vectorize(rows: _Rows, geotransform: Sequence[float], crs_wkt: str, opts: _
         n_reg, n_rev = int(ok.sum()), int((~ok).sum())
 
     geoms = shapely.orient_polygons(_to_map(out, geotransform), exterior_cw=False)
-    score = [None if n == 0 else float(s / (255.0 * n)) for s, n in zip(sums, counts)] if rows.prob_bands else \
+    score = [None if n == 0 else float(s / (255.0 * n)) for s, n in zip(sums, counts)] if rows.has_prob else \
         [None] * len(geoms)
     attributes = {
         "id": list(range(1, len(geoms) + 1)),
@@ -266,7 +279,7 @@ def _polygonize(rows: _Rows, opts: _Options) -> tuple[np.ndarray, np.ndarray, np
                                        (blocks[-1].polys, prev_bottom, prev_offset),
                                        (block.polys, np.flatnonzero(bounds[:, 1] == row0), offset)))
         blocks.append(block)
-        prev_last = (values[-1], keep[-1])
+        prev_last = (values[-1].copy(), keep[-1].copy())
         prev_bottom = np.flatnonzero(bounds[:, 3] == row0 + n_rows)
         offset += len(block.polys)
         if opts.progress is not None:
@@ -309,7 +322,7 @@ def _polygonize_block(values: np.ndarray, keep: np.ndarray, row0: int, rows: _Ro
     batches = list(layer.GetArrowStreamAsNumPy(["INCLUDE_FID=NO"]))
     polys = shapely.from_wkb(np.concatenate([b[geometry] for b in batches])) if batches else np.empty(0, object)
     cls = np.concatenate([b["class"] for b in batches]).astype(np.int64) if batches else np.empty(0, np.int64)
-    if rows.prob_bands == 0 or not len(polys):
+    if not rows.has_prob or not len(polys):
         return _Block(polys, cls, np.zeros(len(polys)), np.zeros(len(polys), np.int64))
     sums, counts = _prob_sums(_label_pieces(layer, values.shape, row0, pixels), cls, row0, rows)
     return _Block(polys, cls, sums, counts)
@@ -345,11 +358,8 @@ def _prob_sums(labels: np.ndarray, cls: np.ndarray, row0: int, rows: _Rows) -> t
     sums = np.zeros(len(cls))
     piece_cls = np.concatenate([[np.iinfo(np.int64).min], cls])[flat]
     for c in np.unique(cls):
-        band = 1 if rows.prob_bands == 1 else int(c) + 1
-        if not 1 <= band <= rows.prob_bands:
-            raise ValueError(f"class {c} has no probability band (the probability raster has {rows.prob_bands})")
         inside = piece_cls == c
-        prob = rows.prob(row0, n_rows, band).ravel()
+        prob = rows.prob(row0, n_rows, int(c)).ravel()
         sums += np.bincount(flat[inside], weights=prob[inside].astype(np.float64), minlength=len(cls) + 1)[1:]
     return sums, counts
 
@@ -593,10 +603,10 @@ def _regularize(polys: np.ndarray, px_m: tuple[float, float]) -> tuple[np.ndarra
 
 
 def _straighten(polys: np.ndarray, tolerance: float) -> np.ndarray:
-    """Douglas-Peucker outlines: the fast variant, or the topology-preserving one where the fast one breaks a polygon."""
+    """Douglas-Peucker outlines: the fast variant, or the topology-preserving one where the fast one breaks one."""
     fast = shapely.simplify(polys, tolerance, preserve_topology=False)
-    broken = (shapely.get_type_id(fast) != shapely.GeometryType.POLYGON) | shapely.is_empty(fast) | ~shapely.is_valid(
-        fast)
+    polygon = shapely.get_type_id(fast) == shapely.GeometryType.POLYGON
+    broken = ~polygon | shapely.is_empty(fast) | ~shapely.is_valid(fast)
     fast[broken] = shapely.simplify(polys[broken], tolerance, preserve_topology=True)
     return fast
 
@@ -645,7 +655,8 @@ def _snap_rings(xy: np.ndarray, ring: np.ndarray, n_rings: int,
     turn = horizontal != horizontal[before]
     walls = np.bincount(ring, weights=turn, minlength=n_rings).astype(np.int64)  # even; 0 if all one way
     starts = np.flatnonzero(np.r_[True, ring[1:] != ring[:-1]])
-    turns_so_far = np.cumsum(turn) - np.repeat(np.cumsum(turn)[starts] - turn[starts], np.diff(np.r_[starts, len(ring)]))
+    turned = np.cumsum(turn)
+    turns_so_far = turned - np.repeat(turned[starts] - turn[starts], np.diff(np.r_[starts, len(ring)]))
     wall_offset = np.cumsum(walls) - walls
     has_walls = walls[ring] > 0
     # Sides before a ring's first turn belong to its last wall.
@@ -674,7 +685,8 @@ def _snap_rings(xy: np.ndarray, ring: np.ndarray, n_rings: int,
     wall_ring = np.concatenate([wall_ring[plain]] + [np.full(len(m[1]), r) for r, m in zip(np.flatnonzero(noisy),
                                                                                              merged)])
     is_h = np.concatenate([is_h[plain]] + [m[1] for m in merged])
-    lines = np.concatenate([table["moment"][plain] / np.maximum(table["weight"][plain], 1e-300)] + [m[0] for m in merged])
+    plain_lines = table["moment"][plain] / np.maximum(table["weight"][plain], 1e-300)
+    lines = np.concatenate([plain_lines] + [m[0] for m in merged])
     order = np.argsort(wall_ring, kind="stable")
     wall_ring, is_h, lines = wall_ring[order], is_h[order], lines[order]
     count = np.bincount(wall_ring, minlength=n_rings)

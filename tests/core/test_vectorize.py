@@ -10,6 +10,7 @@ import shapely
 from osgeo import gdal, osr
 from shapely import Point, Polygon, affinity, box
 
+from mtp_core.progress import Cancelled
 from mtp_core.synthetic import rasterize_polygons, render_scene
 from mtp_core.vectorize import VectorizeCancelled, VectorResult, vectorize_array, vectorize_raster
 
@@ -273,7 +274,11 @@ def test_scores_are_mean_probabilities(tmp_path):
         assert result.attributes["class"] == [1, 2]
         assert result.attributes["score"] == [200 / 255, 75 / 255]
 
-    per_class = np.zeros((3, 50, 60), np.float32)  # (K, H, W) floats: each polygon scored on its class's band
+    two_bands = write_tif(tmp_path / "p2.tif", np.stack([np.full_like(prob, 10), np.full_like(prob, 20)]), GT,
+                          utm_wkt())  # as `mtp predict` writes them: band c = class c, no background band
+    assert vectorize_raster(classes, prob_raster_path=two_bands).attributes["score"] == [10 / 255, 20 / 255]
+
+    per_class = np.zeros((3, 50, 60), np.float32)  # (K, H, W) floats, background first, as predict_array gives
     per_class[1], per_class[2] = 0.6, 0.9
     result = vectorize_array(mask, GT, utm_wkt(), prob=per_class)
     assert result.attributes["score"] == [153 / 255, pytest.approx(0.9, abs=0.5 / 255)]
@@ -301,10 +306,11 @@ def test_progress_and_cancel(scene):
         asked.append(1)
         return len(asked) > 2
 
-    with pytest.raises(VectorizeCancelled):
+    with pytest.raises(Cancelled):  # VectorizeCancelled, which the pipeline catches as any cancellation
         vectorize_array(scene.mask, GT, utm_wkt(), block_rows=64, progress=lambda d, t: calls.append((d, t)),
                         cancel=cancel)
     assert calls == [(64, 300), (128, 300)]
+    assert issubclass(VectorizeCancelled, Cancelled)
 
 
 def test_rotated_geotransform_is_refused():
