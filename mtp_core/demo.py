@@ -16,8 +16,7 @@ import numpy as np
 import shapely
 from osgeo import gdal, ogr, osr
 
-from mtp_core.geo import read_vector
-from mtp_core.io_utils import atomic_path
+from mtp_core.geo import read_vector, write_rgb_png
 from mtp_core.metrics import polygon_f1
 from mtp_core.synthetic import render_scene, write_scene
 
@@ -46,13 +45,7 @@ def write_preview(tif: Path, predicted: Sequence, labels: Sequence, png: Path) -
     grid = (dataset.GetGeoTransform(), dataset.GetProjection(), dataset.RasterXSize, dataset.RasterYSize)
     image[_outline_mask(labels, *grid)] = LABEL_RGB
     image[_outline_mask(predicted, *grid)] = PREDICTED_RGB
-    mem = gdal.GetDriverByName("MEM").Create("", image.shape[1], image.shape[0], 3, gdal.GDT_Byte)
-    for b in range(3):
-        mem.GetRasterBand(b + 1).WriteArray(image[:, :, b])
-    with atomic_path(png) as tmp:
-        gdal.GetDriverByName("PNG").CreateCopy(str(tmp), mem)
-    Path(str(tmp) + ".aux.xml").unlink(missing_ok=True)
-    return png
+    return write_rgb_png(image, png)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from mtp_core.checkpoint import load_weights
+from mtp_core.geo import GeoTiffWriter, describe_raster, write_rgb_png
+from mtp_core.inference import CLASS_NODATA
 from mtp_core.io_utils import atomic_path
 from training.builder import build_segmentor
 from training.config import ConfigError, apply_overrides, load_config, merge
@@ -46,32 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _write_png(rgb: np.ndarray, path: Path) -> None:
-    from osgeo import gdal
-
-    mem = gdal.GetDriverByName("MEM").Create("", rgb.shape[1], rgb.shape[0], 3, gdal.GDT_Byte)
-    for band in range(3):
-        mem.GetRasterBand(band + 1).WriteArray(rgb[:, :, band])
-    with atomic_path(path) as tmp:
-        gdal.GetDriverByName("PNG").CreateCopy(str(tmp), mem)
-    Path(str(tmp) + ".aux.xml").unlink(missing_ok=True)
-
-
 def _write_geotiff_mask(pred: np.ndarray, source: str, path: Path) -> bool:
-    """The class mask on the source's grid; False when the source has no georeference."""
-    from osgeo import gdal
-
-    src = gdal.Open(source)
-    if src is None or not src.GetProjection() or src.GetGeoTransform(can_return_null=True) is None:
+    """The class mask on the source's grid; False when the source has no georeference (plain PNG datasets)."""
+    info = describe_raster(source, allow_pixel_crs=True)
+    if not info.has_georeference or (info.height, info.width) != pred.shape:
         return False
-    with atomic_path(path) as tmp:
-        out = gdal.GetDriverByName("GTiff").Create(str(tmp), pred.shape[1], pred.shape[0], 1, gdal.GDT_Byte,
-                                                    options=["COMPRESS=DEFLATE", "TILED=YES"])
-        out.SetGeoTransform(src.GetGeoTransform())
-        out.SetProjection(src.GetProjection())
-        out.GetRasterBand(1).WriteArray(pred)
-        out.FlushCache()
-        out = None
+    with GeoTiffWriter(path, info.width, info.height, 1, "uint8", info.geotransform, info.crs_wkt,
+                       nodata=CLASS_NODATA) as out:
+        out.write(pred, 0, 0)
     return True
 
 
@@ -86,7 +70,7 @@ def prediction_writer(show_dir: Path):
         if img.shape[:2] == pred_np.shape:
             colour = PALETTE[pred_np % len(PALETTE)]
             blend = np.where(pred_np[..., None] > 0, (0.55 * img + 0.45 * colour), img).astype(np.uint8)
-            _write_png(blend, show_dir / f"{name}_overlay.png")
+            write_rgb_png(blend, show_dir / f"{name}_overlay.png")
         _write_geotiff_mask(pred_np, sample["meta"]["path"], show_dir / f"{name}_mask.tif")
 
     return write

@@ -14,6 +14,7 @@ from mtp_core.geo.raster import (
     read_window,
     utm_epsg,
     warp_to_grid,
+    write_rgb_png,
 )
 from mtp_core.geo.scaling import BandScaler
 from mtp_core.geo.vector import read_vector, to_metric, write_vector
@@ -21,5 +22,5 @@ from mtp_core.geo.vector import read_vector, to_metric, write_vector
 __all__ = [
     "PIXEL_GEOTRANSFORM", "BandScaler", "GeoError", "GeoTiffWriter", "RasterInfo", "ReadPlan", "describe_raster",
     "open_raster", "plan_read", "read_vector", "read_window", "to_metric", "utm_epsg", "warp_to_grid",
-    "write_vector",
+    "write_rgb_png", "write_vector",
 ]

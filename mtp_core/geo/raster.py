@@ -565,3 +565,14 @@ def _create_geotiff(path: Path, width: int, height: int, bands: int, gdal_type: 
         for b in range(1, bands + 1):
             ds.GetRasterBand(b).SetNoDataValue(float(nodata))
     return ds
+
+
+def write_rgb_png(rgb: np.ndarray, path: str | Path) -> Path:
+    """An (H, W, 3) uint8 image as a PNG (previews, prediction overlays), atomically and without a .aux.xml."""
+    mem = gdal.GetDriverByName("MEM").Create("", rgb.shape[1], rgb.shape[0], 3, gdal.GDT_Byte)
+    for band in range(3):
+        mem.GetRasterBand(band + 1).WriteArray(rgb[:, :, band])
+    with atomic_path(path) as tmp:
+        gdal.GetDriverByName("PNG").CreateCopy(str(tmp), mem, options=["WORLDFILE=NO"])
+        Path(str(tmp) + ".aux.xml").unlink(missing_ok=True)
+    return Path(path)
