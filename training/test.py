@@ -125,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload = {"config": args.config, "checkpoint": args.checkpoint, **_jsonable(metrics)}
         with atomic_path(out) as tmp:
             tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        summary = " ".join(f"{k} {metrics[k]:.2f}" for k in ("aAcc", "mIoU", "mAcc", "mDice", "mFscore"))
+        keys = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "building_f1")
+        summary = " ".join(f"{k} {metrics[k]:.2f}" for k in keys if k in metrics)
         print(f"{summary}\nresults: {out}")
     return 0
 

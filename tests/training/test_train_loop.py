@@ -169,7 +169,8 @@ def test_test_command_reports_metrics_and_writes_maps(tiny_dataset: Path, tmp_pa
                     "--show-dir", str(show), "--cfg-options", f"test_dataloader.dataset.data_root={tiny_dataset}"])
     assert rc == 0
     results = json.loads(next((tmp_path / "test").glob("results_*.json")).read_text())
-    assert {"aAcc", "mIoU", "mAcc", "mDice", "mFscore"} <= set(results) and results["images"] == 2
+    assert {"aAcc", "mIoU", "mAcc", "mDice", "mFscore", "building_f1", "building_tp"} <= set(results)
+    assert results["images"] == 2
     assert sorted(p.name for p in show.iterdir()) == ["val_0_overlay.png", "val_1_overlay.png"]
 
 
@@ -182,3 +183,27 @@ def test_bad_command_lines_are_explained(tiny_dataset: Path, tmp_path: Path, cap
     assert "config file not found" in capsys.readouterr().err
     assert train_main([str(TINY_CONFIG), "--launcher", "slurm", "--work-dir", str(tmp_path)]) == 2
     assert "SLURM_PROCID is not set" in capsys.readouterr().err
+
+
+def test_test_command_on_georeferenced_spacenet_chips_writes_mask_geotiffs(tiny_dataset: Path, tmp_path: Path) -> None:
+    from mtp_core.geo import describe_raster
+    from tests.conftest import shared_file
+    from training.test import main as test_main
+
+    chips = shared_file("realdata", "spacenet1_AOI_0_TEST", "AOI_0_TEST")
+    trainer = Trainer(tiny_cfg(tiny_dataset, "train_cfg.max_iters=1", "default_hooks.checkpoint.interval=1"),
+                      tmp_path / "train", DistInfo())
+    (tmp_path / "train").mkdir()
+    trainer.run()
+    dataset = ("test_dataloader.dataset={'type': 'SpaceNetV1RawDataset', 'data_root': '%s', 'pipeline': "
+               "[{'type': 'LoadImageFromFile'}, {'type': 'LoadAnnotations'}, {'type': 'PackSegInputs'}]}" % chips)
+    show = tmp_path / "show"
+    assert test_main([str(TINY_CONFIG), str(tmp_path / "train" / "iter_1.pth"), "--work-dir", str(tmp_path / "t"),
+                      "--show-dir", str(show), "--cfg-options", dataset]) == 0
+    results = json.loads(next((tmp_path / "t").glob("results_*.json")).read_text())
+    assert results["images"] == 10 and results["building_tp"] + results["building_fn"] > 0
+    chip = chips / "3band" / "3band_013022223130_Public_img10.tif"
+    mask, source = describe_raster(show / f"{chip.stem}_mask.tif"), describe_raster(chip)
+    assert (mask.epsg, mask.geotransform, mask.width, mask.height) == (4326, source.geotransform, source.width,
+                                                                       source.height)
+    assert len(list(show.glob("*_overlay.png"))) == 10
