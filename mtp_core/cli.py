@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("dst", help="output checkpoint (.pth); written atomically")
     conv.add_argument("--reuse-decoder", choices=("none", "semseg", "rotdet"), default="none")
     conv.add_argument("--arch", default=None, help="target segmentor name (default: inferred from the weights)")
-    conv.add_argument("--num-classes", type=int, default=None, help="classes of the target head (default: the file's class count, else 2)")
+    conv.add_argument("--num-classes", type=int, default=None,
+                      help="classes of the target head (default: the file's class count, else 2)")
     conv.set_defaults(func=cmd_convert_ckpt)
 
     sub.add_parser("synth", help="write synthetic 0.5 m scenes (GeoTIFF + building GeoJSON); see `mtp synth -h`",

@@ -29,13 +29,15 @@ def cuda_unavailable_reason() -> str:
     """Why CUDA can't be used here, in words a user can act on."""
     if torch.version.cuda is None:
         return "this PyTorch build has no CUDA support (install a CUDA build of torch)"
-    return f"no CUDA device is visible to PyTorch {torch.__version__} (CUDA {torch.version.cuda}): check the driver and CUDA_VISIBLE_DEVICES"
+    return (f"no CUDA device is visible to PyTorch {torch.__version__} (CUDA {torch.version.cuda}): "
+            "check the driver and CUDA_VISIBLE_DEVICES")
 
 
 def describe_device(device: torch.device) -> str:
     """One line: CUDA name and memory, or CPU with its thread count and why no GPU is used."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        return f"{device} {props.name}, {props.total_memory / 2**30:.1f} GiB, compute capability {props.major}.{props.minor}"
+        memory = props.total_memory / 2**30
+        return f"{device} {props.name}, {memory:.1f} GiB, compute capability {props.major}.{props.minor}"
     why = "" if torch.cuda.is_available() else f" ({cuda_unavailable_reason()})"
     return f"cpu, {torch.get_num_threads()} threads{why}"

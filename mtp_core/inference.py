@@ -231,7 +231,9 @@ class Predictor:
             return np.concatenate([self.infer(batch[:half]), self.infer(batch[half:])])
 
     # ------------------------------------------------------------------------------------------ tiling
-    def _prepared_tiles(self, source: TileSource, grid: TileGrid) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
+    def _prepared_tiles(
+        self, source: TileSource, grid: TileGrid
+    ) -> Iterator[tuple[Tile, np.ndarray | None, np.ndarray]]:
         for tile in grid:
             scaled, valid = source.read(tile)
             yield tile, (self.normalize(scaled, valid) if valid.any() else None), valid

@@ -59,7 +59,8 @@ def merge_layers(inputs: Sequence[str | Path], output: str | Path) -> int:
 
     classes, scores = column("class", 1), column("score", None)
     sources, models = column("source", ""), column("model", "")
-    merged, attrs = [], {"id": [], "class": [], "score": [], "area_m2": [], "perimeter_m": [], "source": [], "model": []}
+    merged: list = []
+    attrs: dict[str, list] = {k: [] for k in ("class", "score", "area_m2", "perimeter_m", "source", "model")}
     metric = to_metric(geometries, crs) if len(geometries) else geometries
     groups: list[list[int]] = []
     for cls in sorted(set(classes)):  # only pieces of the same class are one building
@@ -69,7 +70,8 @@ def merge_layers(inputs: Sequence[str | Path], output: str | Path) -> int:
         shape = shapely.union_all(geometries[members]) if len(members) > 1 else geometries[members[0]]
         measured = shapely.union_all(metric[members]) if len(members) > 1 else metric[members[0]]
         areas = shapely.area(metric[members])
-        valid_scores = [(scores[i], a) for i, a in zip(members, areas) if scores[i] is not None and scores[i] == scores[i]]
+        valid_scores = [(scores[i], a) for i, a in zip(members, areas)
+                        if scores[i] is not None and scores[i] == scores[i]]  # NaN != NaN
         merged.append(shape)
         attrs["class"].append(classes[members[0]])
         attrs["score"].append(sum(s * a for s, a in valid_scores) / sum(a for _, a in valid_scores)
@@ -80,7 +82,7 @@ def merge_layers(inputs: Sequence[str | Path], output: str | Path) -> int:
         attrs["model"].append(str(models[members[0]]))
     order = sorted(range(len(merged)), key=lambda i: (-merged[i].centroid.y, merged[i].centroid.x))
     merged = [merged[i] for i in order]
-    attrs = {k: [v[i] for i in order] for k, v in attrs.items() if k != "id"}
+    attrs = {k: [v[i] for i in order] for k, v in attrs.items()}
     attrs = {"id": list(range(1, len(merged) + 1)), **attrs}
     write_vector(output, merged, attrs, crs, layer_name="buildings")
     return len(merged)

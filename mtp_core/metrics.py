@@ -387,14 +387,15 @@ def read_vector_file(
             if value is None:
                 raise ValueError(f"{path}: feature {position} has no {confidence_field!r} value")
             confs.append(float(value))
-    geometries = shapely.force_2d(shapely.from_wkb(np.array(wkbs, dtype=object))) if wkbs else np.array([], dtype=object)
+    geometries = (shapely.force_2d(shapely.from_wkb(np.array(wkbs, dtype=object))) if wkbs
+                  else np.array([], dtype=object))
     return PolygonSet(
         geometries, np.array(confs) if confidence_field is not None else None, np.array(rows, dtype=np.intp)
     )
 
 
 def aoi_from_image_id(image_id: str) -> str:
-    """The city/AOI of a SpaceNet ImageId: everything before the last ``_`` (``AOI_2_Vegas_img123`` → ``AOI_2_Vegas``)."""
+    """The city/AOI of a SpaceNet ImageId: all before the last ``_`` (``AOI_2_Vegas_img123`` → ``AOI_2_Vegas``)."""
     head, sep, _ = image_id.rpartition("_")
     return head if sep else image_id
 

@@ -65,7 +65,8 @@ def _env_int(name: str) -> int:
 
 def _slurm_env(port: int | None) -> tuple[int, int, int]:
     rank, world, local = _env_int("SLURM_PROCID"), _env_int("SLURM_NTASKS"), _env_int("SLURM_LOCALID")
-    nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
+    nodelist = next((os.environ[k] for k in ("SLURM_STEP_NODELIST", "SLURM_NODELIST", "SLURM_JOB_NODELIST")
+                     if os.environ.get(k)), "")
     if "MASTER_ADDR" not in os.environ:
         if not nodelist:
             raise LaunchError("SLURM_NODELIST is not set and MASTER_ADDR is not given")
@@ -91,7 +92,8 @@ def init_distributed(launcher: Launcher, port: int | None = None, timeout_s: int
     if torch.cuda.is_available():
         if local >= torch.cuda.device_count():
             raise LaunchError(
-                f"local rank {local} has no GPU: {torch.cuda.device_count()} visible on this node; start one task per GPU"
+                f"local rank {local} has no GPU: {torch.cuda.device_count()} visible on this node; "
+                "start one task per GPU"
             )
         torch.cuda.set_device(local)
         device, backend = torch.device("cuda", local), "nccl"

@@ -68,7 +68,8 @@ class AmpSettings:
 def _amp_settings(optim_cfg: dict[str, Any], device: torch.device) -> AmpSettings:
     if optim_cfg.get("type", "OptimWrapper") != "AmpOptimWrapper":
         return AmpSettings(None, None)
-    name = optim_cfg.get("dtype") or ("bfloat16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else "float16")
+    bf16_ok = device.type == "cpu" or torch.cuda.is_bf16_supported()
+    name = optim_cfg.get("dtype") or ("bfloat16" if bf16_ok else "float16")
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name)
     if dtype is None:
         raise ValueError(f"optim_wrapper.dtype {name!r}: use 'bfloat16' or 'float16'")

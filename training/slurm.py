@@ -98,7 +98,7 @@ def predict_array_script(args: argparse.Namespace, out: Path, python: str, repo:
         "#SBATCH --requeue",
         "",
         f"cd {shlex.quote(str(repo))}",
-        "# the shard (SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT) is read by mtp predict; finished rasters are skipped",
+        "# mtp predict reads its shard from SLURM_ARRAY_TASK_ID/COUNT; rasters already done are skipped",
         shlex.join(predict),
         "# when every task is done: sbatch --dependency=afterok:$SLURM_ARRAY_JOB_ID --wrap \"<the line below>\"",
         "# " + " ".join(merge),

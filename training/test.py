@@ -90,7 +90,8 @@ def run_test(cfg: dict[str, Any], checkpoint: str, info: DistInfo, show_dir: Pat
     loader = DataLoader(shard, batch_size=1, collate_fn=collate,
                         num_workers=int(cfg["test_dataloader"].get("num_workers", 0)))
     classes = tuple(getattr(dataset, "classes", ("background", "building")))
-    amp_dtype = (torch.bfloat16 if info.device.type == "cpu" or torch.cuda.is_bf16_supported() else torch.float16) if amp else None
+    bf16_ok = info.device.type == "cpu" or torch.cuda.is_bf16_supported()
+    amp_dtype = (torch.bfloat16 if bf16_ok else torch.float16) if amp else None
     start = time.perf_counter()
     metrics = evaluate(model, loader, preprocess, info, classes, spec.test_mode, spec.crop_size, spec.stride,
                        amp_dtype, prediction_writer(show_dir) if show_dir else None)

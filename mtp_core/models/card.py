@@ -41,7 +41,8 @@ class ModelCard:
         if len(self.classes) < 2:
             problems.append(f"need at least 2 classes, got {list(self.classes)}")
         if not len(self.mean) == len(self.std) == len(self.bands):
-            problems.append(f"mean {list(self.mean)}, std {list(self.std)} and bands {list(self.bands)} differ in length")
+            problems.append(
+                f"mean {list(self.mean)}, std {list(self.std)} and bands {list(self.bands)} differ in length")
         if any(s <= 0 for s in self.std):
             problems.append(f"std must be positive, got {list(self.std)}")
         if any(b < 1 for b in self.bands):

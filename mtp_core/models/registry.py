@@ -154,14 +154,16 @@ def mtp_vit_tiny_rvsa_upernet(
     aux_channels: int = 32,
     **kwargs: Any,
 ) -> EncoderDecoder:
-    return _upernet(pretrained, {**_VIT_TINY, **_FINETUNE}, num_classes, decode_channels, aux_head, aux_channels, kwargs)
+    backbone = {**_VIT_TINY, **_FINETUNE}
+    return _upernet(pretrained, backbone, num_classes, decode_channels, aux_head, aux_channels, kwargs)
 
 
 def default_card(name: str, **arch_args: Any) -> ModelCard:
     """The model card of a named segmentor with MTP's SpaceNetv1 data conventions (released files carry none)."""
     entry = model_entry(name)
     if entry.kind != "segmentor":
-        raise ValueError(f"{name!r} is a backbone; a model card describes a segmentor ({', '.join(list_models('segmentor'))})")
+        segmentors = ", ".join(list_models("segmentor"))
+        raise ValueError(f"{name!r} is a backbone; a model card describes a segmentor ({segmentors})")
     num_classes = arch_args.get("num_classes", 2)
     classes = ("background", "building") if num_classes == 2 else tuple(f"class_{i}" for i in range(num_classes))
     return ModelCard(architecture=name, arch_args=dict(arch_args), classes=classes, description=entry.description)

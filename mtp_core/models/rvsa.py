@@ -341,7 +341,8 @@ class RVSAViT(nn.Module):
         super().__init__()
         if patch_size != 16:
             raise ValueError(f"patch_size {patch_size} is not supported: MTP models use 16")
-        if len(set(out_indices)) != 4 or list(out_indices) != sorted(out_indices) or not 0 <= out_indices[0] <= out_indices[-1] < depth:
+        increasing = len(set(out_indices)) == 4 and list(out_indices) == sorted(out_indices)
+        if not increasing or not 0 <= out_indices[0] <= out_indices[-1] < depth:
             raise ValueError(f"out_indices must be 4 increasing block indices in [0, {depth}), got {list(out_indices)}")
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")

@@ -63,5 +63,6 @@ def test_evaluate_reproduces_the_solaris_expectations(capsys) -> None:
 
 def test_evaluate_refuses_mixed_inputs(capsys) -> None:
     folder = ("realdata", "solaris")
-    rc = main(["evaluate", str(shared_file(*folder, "pred.geojson")), str(shared_file(*folder, "SN2_sample_truth.csv"))])
+    pred, truth = shared_file(*folder, "pred.geojson"), shared_file(*folder, "SN2_sample_truth.csv")
+    rc = main(["evaluate", str(pred), str(truth)])
     assert rc == 2 and "compare a SpaceNet CSV with another CSV" in capsys.readouterr().err

@@ -10,7 +10,8 @@ from training.dist import LaunchError, _slurm_env, first_host
 from training.loop import REQUEUE_EXIT_CODE
 from training.slurm import main as slurm_main
 
-CONFIG = Path(__file__).resolve().parents[2] / "training/configs/mtp/spacenetv1/rvsa-b-upernet-384-mae-mtp-spacenetv1.py"
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
+CONFIG = CONFIGS / "mtp" / "spacenetv1" / "rvsa-b-upernet-384-mae-mtp-spacenetv1.py"
 
 
 @pytest.mark.parametrize(

@@ -99,7 +99,8 @@ def _free_port() -> int:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
+    launch = ("SLURM_", "MASTER_", "RANK", "WORLD_SIZE", "LOCAL_RANK")  # this process's launch, not the children's
+    env = {k: v for k, v in os.environ.items() if not k.startswith(launch)}
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
 
 

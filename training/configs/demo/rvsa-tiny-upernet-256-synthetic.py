@@ -1,9 +1,9 @@
 # The embedded demo model: a small RVSA ViT + UperNet trained from scratch on CPU on synthetic 0.5 m scenes
 # (mtp_core.synthetic). Same structure as MTP's SpaceNetv1 configs, scaled down to train in under 30 minutes on 2 cores.
-# Reproduce (see README "The demo model"):
-#   .venv/bin/mtp synth data/synthetic/train --count 48 --size 512 --seed 1000 --layout spacenet
-#   .venv/bin/mtp synth data/synthetic/val --count 6 --size 512 --seed 9000 --layout spacenet
-#   .venv/bin/python -m training.train training/configs/demo/rvsa-tiny-upernet-256-synthetic.py --work-dir work_dirs/demo
+# Reproduce (README, "The demo model"):
+#   mtp synth data/synthetic/train --count 48 --size 512 --seed 1000 --layout spacenet --name synthetic
+#   mtp synth data/synthetic/val --count 6 --size 512 --seed 9000 --layout spacenet --name synthetic
+#   python -m training.train training/configs/demo/rvsa-tiny-upernet-256-synthetic.py --work-dir work_dirs/demo
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 crop_size = (256, 256)
 data_preprocessor = dict(
