@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except (ValueError, OSError) as exc:  # bad input or an I/O problem: one line that says what, no traceback
         print(f"\nmtp {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -93,7 +93,8 @@ def predict_raster(
     info = describe_raster(raster, allow_pixel_crs=pixel_crs)
     chosen = check_bands(info, bands or card.bands, len(card.mean))
     plan = plan_read(info, None if not info.has_georeference else card.gsd_m)
-    scaler = BandScaler.fit(plan.dataset, chosen, info.nodata)
+    scaler = (BandScaler.fixed(card.band_ranges) if card.band_ranges
+              else BandScaler.fit(plan.dataset, chosen, info.nodata))
     source = RasterSource(plan, chosen, scaler)
     mask_path, prob_path = Path(mask_path), Path(prob_path) if prob_path else None
     if not info.has_georeference:
@@ -155,7 +156,10 @@ def extract_buildings(
     mask_path, vector_path, prob_path = output_paths(raster, out_dir, vector_ext)
     if skip_existing and mask_path.exists() and vector_path.exists():
         return JobResult(raster, mask_path, vector_path, prob_path if prob_path.exists() else None, -1, None)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GeoError(f"cannot create the output folder {out_dir}: {exc.strerror}; choose another --out") from exc
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".mtp-") as tmp:
         # probabilities give each polygon its score; kept only when asked for
         probs = prob_path if probabilities else Path(tmp) / "prob.tif"

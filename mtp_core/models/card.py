@@ -20,6 +20,8 @@ class ModelCard:
     ``architecture`` is a registry name and ``arch_args`` its keyword arguments, so ``create_model`` rebuilds the
     exact network. ``gsd_m`` is the ground resolution (metres per pixel) the model was trained at; rasters far from
     it are resampled. ``bands`` are the 1-based raster bands fed as the model's input channels, in order.
+    ``band_ranges`` ((min, max) per band) fixes how non-8-bit rasters map to 0–255; without it a 2–98 % stretch is
+    computed once per raster.
     """
 
     architecture: str
@@ -32,6 +34,7 @@ class ModelCard:
     std: tuple[float, ...] = IMAGENET_STD_255
     bands: tuple[int, ...] = (1, 2, 3)
     threshold: float | None = None
+    band_ranges: tuple[tuple[float, float], ...] | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -51,6 +54,10 @@ class ModelCard:
             problems.append(f"need tile > 0 and 0 <= overlap < tile, got tile {self.tile}, overlap {self.overlap}")
         if self.gsd_m <= 0:
             problems.append(f"gsd_m must be positive, got {self.gsd_m}")
+        if self.band_ranges is not None and (len(self.band_ranges) != len(self.bands)
+                                             or any(len(r) != 2 or r[0] >= r[1] for r in self.band_ranges)):
+            problems.append(f"band_ranges must give (min, max) with min < max for each of the {len(self.bands)} bands, "
+                            f"got {self.band_ranges}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             problems.append(f"threshold must be in (0, 1) or None, got {self.threshold}")
         if problems:
@@ -67,6 +74,8 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, not tuples), so the card pickles under ``weights_only=True``."""
         out = dataclasses.asdict(self)
+        if self.band_ranges is not None:
+            out["band_ranges"] = [list(r) for r in self.band_ranges]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     @classmethod
@@ -76,6 +85,8 @@ class ModelCard:
         if unknown:
             raise ValueError(f"unknown model card fields {unknown}; known fields are {sorted(known)}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        if values.get("band_ranges") is not None:
+            values["band_ranges"] = tuple(tuple(r) for r in values["band_ranges"])
         if "arch_args" in values:
             values["arch_args"] = dict(data["arch_args"])
         return cls(**values)

@@ -43,7 +43,8 @@ def test_default_card_rebuilds_the_model() -> None:
 
 
 def test_card_round_trips_through_plain_types() -> None:
-    card = default_card("mtp_vit_b_rvsa_upernet").replace(gsd_m=0.3, threshold=0.4)
+    card = default_card("mtp_vit_b_rvsa_upernet").replace(gsd_m=0.3, threshold=0.4,
+                                                        band_ranges=((0, 4000), (0, 3500), (10, 3000)))
     data = card.to_dict()
     assert all(not isinstance(v, tuple) for v in data.values())
     # plain containers only: what torch.load(weights_only=True) accepts
@@ -60,6 +61,8 @@ def test_card_round_trips_through_plain_types() -> None:
         (dict(overlap=384), "overlap < tile"),
         (dict(std=(1.0, 0.0, 1.0)), "std must be positive"),
         (dict(threshold=1.5), "threshold"),
+        (dict(band_ranges=((0, 255), (0, 255))), "band_ranges"),
+        (dict(band_ranges=((9, 1), (0, 255), (0, 255))), "band_ranges"),
     ],
 )
 def test_invalid_cards_are_explained(changes: dict, message: str) -> None:

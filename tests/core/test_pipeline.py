@@ -157,3 +157,32 @@ def test_shards_split_the_inputs_and_reruns_skip_finished_rasters(checkpoint, tm
     assert main(args) == 0  # the killed-and-restarted job: only t1 is left to do
     out = capsys.readouterr().out
     assert out.count("outputs exist, skipped") == 2 and "t1.tif: " in out
+
+
+def test_uint16_rasters_are_scaled_once_per_raster(checkpoint, tmp_path):
+    scene = render_scene(256, 256, seed=8)
+    tif8, _ = write_scene(scene, tmp_path / "in" / "eight.tif")
+    src = gdal.Open(str(tif8))
+    tif16 = tmp_path / "in" / "sixteen.tif"
+    out = gdal.GetDriverByName("GTiff").Create(str(tif16), 256, 256, 3, gdal.GDT_UInt16)
+    out.SetGeoTransform(src.GetGeoTransform())
+    out.SetProjection(src.GetProjection())
+    for b in range(1, 4):
+        out.GetRasterBand(b).WriteArray(src.GetRasterBand(b).ReadAsArray().astype(np.uint16) * 16)
+    out = src = None
+    base = extract_buildings(predictor(checkpoint), tif8, tmp_path / "a")
+    fixed = predictor(checkpoint)
+    fixed.card = fixed.card.replace(band_ranges=((0, 255 * 16),) * 3)  # the card's fixed scaling
+    same = extract_buildings(fixed, tif16, tmp_path / "b")
+    stretched = extract_buildings(predictor(checkpoint), tif16, tmp_path / "c")  # 2-98 % stretch
+    masks = [gdal.Open(str(r.mask_path)).ReadAsArray() for r in (base, same, stretched)]
+    assert np.array_equal(masks[0], masks[1])
+    assert (masks[2] == masks[0]).mean() > 0.8
+
+
+def test_an_output_folder_that_cannot_be_created_is_explained(checkpoint, scene_tif, tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("a file where the output folder should go")
+    assert main(["predict", str(scene_tif), "--checkpoint", str(checkpoint), "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "file.txt" in err and "Traceback" not in err
