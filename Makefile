@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo plugin clean
 
 setup:
 	@bash scripts/setup.sh
@@ -15,3 +15,6 @@ demo: setup
 
 clean:
 	rm -rf .venv .pytest_cache demo_out tests/artifacts
+
+plugin: setup
+	bash scripts/build_plugin.sh

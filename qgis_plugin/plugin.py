@@ -1,14 +1,15 @@
-"""The plugin object QGIS loads: menu and toolbar entries, removed again on unload."""
+"""The plugin object QGIS loads: menu and toolbar entries and the Processing provider, removed again on unload."""
 from __future__ import annotations
 
 import os
 
-from qgis.core import Qgis, QgsMessageLog
+from qgis.core import Qgis, QgsApplication, QgsMessageLog
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMessageBox
 
 from .environment import check_dependencies, environment_report
+from .processing import MTPProvider
 
 MENU = "&MTP for QGIS"
 LOG_TAG = "MTP"
@@ -18,8 +19,15 @@ class MTPPlugin:
     def __init__(self, iface) -> None:
         self.iface = iface
         self.actions: list[QAction] = []
+        self.provider: MTPProvider | None = None
+
+    def initProcessing(self) -> None:  # noqa: N802  (QGIS API: qgis_process calls only this one)
+        if self.provider is None:
+            self.provider = MTPProvider()
+            QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self) -> None:  # noqa: N802  (QGIS API)
+        self.initProcessing()
         icon = QIcon(os.path.join(os.path.dirname(__file__), "icon.svg"))
         action = QAction(icon, "MTP environment…", self.iface.mainWindow())
         action.setObjectName("mtpEnvironmentAction")
@@ -38,6 +46,9 @@ class MTPPlugin:
             self.iface.removeToolBarIcon(action)
             action.deleteLater()
         self.actions.clear()
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)  # the registry deletes it
+            self.provider = None
 
     def show_environment(self) -> None:
         report = environment_report()

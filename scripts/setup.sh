@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-APT_PKGS="python3-qgis qgis-providers python3-gdal gdal-bin python3-venv qgis"  # qgis: only for qgis_process (call /usr/bin/qgis_process.bin; the wrapper is broken headless)
+# qgis: only for qgis_process (call /usr/bin/qgis_process.bin: Debian's qgis_process wrapper fails headless)
+APT_PKGS="python3-qgis qgis-providers python3-gdal gdal-bin python3-venv qgis"
 if ! dpkg -s $APT_PKGS >/dev/null 2>&1; then
   echo "setup: installing Debian packages: $APT_PKGS"
   $SUDO apt-get update -qq

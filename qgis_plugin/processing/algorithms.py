@@ -1,0 +1,408 @@
+"""The four MTP Processing algorithms. Every result comes from ``mtp_core``, so each equals its ``mtp`` command.
+
+Why it is built this way:
+
+* Ids (``mtp:segment``, ``mtp:extractbuildings``, ``mtp:vectorize``, ``mtp:evaluate``) and parameter names are API:
+  models, batch files and ``qgis_process`` command lines store them. Never rename them.
+* torch and the engine are imported only inside ``processAlgorithm``. The provider then loads when torch is
+  missing, and each run says exactly what to install.
+* ``extractbuildings`` runs the engine's own ``extract_buildings`` in a temporary folder beside OUTPUT and moves its
+  files into place. Its polygons are therefore those of ``mtp predict``, and a failed or cancelled run leaves nothing.
+* Errors a user can fix (the engine's ``ValueError``/``OSError``: a raster without georeference, a missing
+  checkpoint, a wrong band count ...) become ``QgsProcessingException`` with the engine's message. The CLI option
+  names in it are replaced by the parameter names. A cancel becomes one too, so no output is reported.
+"""
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsFeature,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from ..environment import check_dependencies, environment_report
+
+if TYPE_CHECKING:  # the engine imports torch: only inside processAlgorithm at run time
+    from mtp_core.inference import Predictor, RunStats
+    from mtp_core.progress import Progress
+
+DEVICES = ["auto", "cpu", "cuda"]
+RULES = ["spacenet", "spacenet1"]
+RASTER_SUFFIXES = (".tif", ".tiff")
+VECTOR_SUFFIXES = (".gpkg", ".geojson", ".shp")
+TAGS = ["mtp", "buildings", "segmentation", "deep learning", "remote sensing", "vectorize"]
+
+#: The engine's messages name CLI options; a Processing user sets parameters instead.
+_CLI_WORDS = (
+    (re.compile(r"--bands (\d[\d,]*)"), r"BANDS=\1"),
+    (re.compile(r"--bands\b"), "BANDS"),
+    (re.compile(r"--pixel-crs\b"), "PIXEL_CRS=true"),
+    (re.compile(r"--device cpu\b"), "DEVICE=cpu"),
+)
+
+
+def processing_words(message: str) -> str:
+    for pattern, replacement in _CLI_WORDS:
+        message = pattern.sub(replacement, message)
+    return message
+
+
+def require_engine() -> None:
+    """Stop with the install command when torch/timm/shapely are missing (before anything imports them)."""
+    if not check_dependencies().ok:
+        raise QgsProcessingException(environment_report())
+
+
+@contextlib.contextmanager
+def engine_errors() -> Iterator[None]:
+    """Engine errors a user can fix, and cancels, as ``QgsProcessingException`` with a message that says what to do."""
+    from mtp_core.progress import Cancelled
+
+    try:
+        yield
+    except Cancelled as exc:
+        raise QgsProcessingException("Cancelled by the user; no output was written.") from exc
+    except (ValueError, OSError) as exc:
+        raise QgsProcessingException(processing_words(str(exc))) from exc
+
+
+def advanced(parameter: QgsProcessingParameterDefinition) -> QgsProcessingParameterDefinition:
+    parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    return parameter
+
+
+class MTPAlgorithm(QgsProcessingAlgorithm):
+    """Shared by the four algorithms: naming, parameters, the dependency check and error translation.
+
+    Each algorithm's ``run_engine`` makes its engine call (``run`` is QgsProcessingAlgorithm's own: not overridden).
+    """
+
+    ALG_ID = ""
+    TITLE = ""
+    HELP = ""
+
+    def name(self) -> str:
+        return self.ALG_ID
+
+    def displayName(self) -> str:  # noqa: N802
+        return self.TITLE
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return self.HELP
+
+    def tags(self) -> list[str]:
+        return TAGS
+
+    def createInstance(self) -> "MTPAlgorithm":  # noqa: N802
+        return type(self)()
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        require_engine()
+        with engine_errors():
+            return self.run_engine(parameters, context, feedback)
+
+    # ------------------------------------------------------------------------------------------ parameters
+    def add_model_parameters(self) -> None:
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
+        self.addParameter(QgsProcessingParameterFile(
+            "CHECKPOINT", "Model checkpoint (empty: the embedded demo model)", optional=True,
+            fileFilter="PyTorch checkpoints (*.pth *.pt *.ckpt);;All files (*.*)"))
+        self.addParameter(QgsProcessingParameterEnum(
+            "DEVICE", "Device (auto: the first CUDA GPU, else the CPU)", DEVICES, defaultValue="auto",
+            usesStaticStrings=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            "BATCH_SIZE", "Batch size (tiles per step; halved on CUDA out-of-memory)",
+            QgsProcessingParameterNumber.Integer, 8, False, 1))
+        self.addParameter(QgsProcessingParameterString(
+            "BANDS", "Bands fed as the model's R,G,B, e.g. 3,2,1 (empty: the model's own)", optional=True))
+        self.addParameter(advanced(QgsProcessingParameterBoolean(
+            "PIXEL_CRS", "Accept a raster without georeference (areas in pixel units)", False)))
+
+    def add_vector_options(self) -> None:
+        self.addParameter(QgsProcessingParameterNumber(
+            "MIN_AREA", "Drop polygons smaller than (m²)", QgsProcessingParameterNumber.Double, 4.0, False, 0.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            "SIMPLIFY", "Simplify tolerance (m; 0 = off)", QgsProcessingParameterNumber.Double, 0.25, False, 0.0))
+        self.addParameter(QgsProcessingParameterBoolean("REGULARIZE", "Right-angled building outlines", False))
+
+    # ------------------------------------------------------------------------------------------ values
+    def raster_source(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext) -> str | None:
+        """The GDAL dataset name of a raster parameter (None when an optional one is not set)."""
+        layer = self.parameterAsRasterLayer(parameters, name, context)
+        if layer is None:
+            return None
+        if layer.providerType() != "gdal":
+            raise QgsProcessingException(
+                f"{name}: {layer.name()} is a '{layer.providerType()}' layer, but MTP reads raster files through "
+                "GDAL; save it as a GeoTIFF first (right-click the layer > Export > Save As…)")
+        return layer.source()
+
+    def output_path(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext,
+                    suffixes: tuple[str, ...]) -> Path | None:
+        """The file a destination parameter asks for (None when an optional one is not set)."""
+        value = self.parameterAsOutputLayer(parameters, name, context)
+        if not value:
+            return None
+        path = Path(value)
+        if path.suffix.lower() not in suffixes:
+            raise QgsProcessingException(
+                f"{name}: MTP writes {', '.join(suffixes)} files, not {value}; choose 'Save to File…' with one of "
+                "these extensions")
+        return path
+
+    def bands(self, parameters: dict[str, Any], context: QgsProcessingContext) -> tuple[int, ...] | None:
+        text = self.parameterAsString(parameters, "BANDS", context).strip()
+        if not text:
+            return None
+        try:
+            return tuple(int(b) for b in text.split(","))
+        except ValueError:
+            raise QgsProcessingException(
+                f"BANDS {text!r}: give band numbers separated by commas, e.g. 3,2,1") from None
+
+    def vector_options(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        return dict(min_area_m2=self.parameterAsDouble(parameters, "MIN_AREA", context),
+                    simplify_m=self.parameterAsDouble(parameters, "SIMPLIFY", context),
+                    regularize=self.parameterAsBoolean(parameters, "REGULARIZE", context))
+
+    def load_predictor(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                       feedback: QgsProcessingFeedback) -> Predictor:
+        """The model on the chosen device, which is reported first (users must always see what runs the model)."""
+        from mtp_core.cli import DEMO_CHECKPOINT
+        from mtp_core.inference import Predictor
+
+        checkpoint = self.parameterAsFile(parameters, "CHECKPOINT", context) or str(DEMO_CHECKPOINT)
+        predictor = Predictor.from_checkpoint(
+            checkpoint, device=self.parameterAsEnumString(parameters, "DEVICE", context),
+            batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context))
+        card = predictor.card
+        feedback.pushInfo(f"device: {predictor.describe()}")
+        feedback.pushInfo(f"model: {card.description or card.architecture} ({card.tile} px tiles, overlap "
+                          f"{predictor.overlap}, {card.gsd_m} m/px) from {checkpoint}")
+        return predictor
+
+
+def tile_progress(feedback: QgsProcessingFeedback) -> Callable[[Progress], None]:
+    """The engine's ``progress(Progress)`` callback as the Processing progress bar."""
+    return lambda p: feedback.setProgress(100.0 * p.fraction)
+
+
+def run_summary(stats: RunStats, km2: float) -> str:
+    rate = f", {km2 / stats.seconds:.3f} km²/s" if km2 and stats.seconds > 0 else ""
+    return (f"{stats.tiles_run} tiles ({stats.tiles_skipped} nodata skipped) in {stats.seconds:.1f} s "
+            f"({stats.tiles_per_s:.1f} tiles/s{rate})")
+
+
+class SegmentAlgorithm(MTPAlgorithm):
+    ALG_ID = "segment"
+    TITLE = "Segment raster (class raster)"
+    HELP = ("Runs an MTP segmentation model over a georeferenced raster, tile by tile with blended overlaps, and "
+            "writes the class raster (uint8, nodata 255) on the raster's own grid and CRS: the NAME_mask.tif of "
+            "`mtp predict`. Optionally also the class probabilities (uint8, P × 255), which give polygons made "
+            "with 'Vectorize class raster' their score. Without a checkpoint the embedded demo model runs.")
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
+        self.add_model_parameters()
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Class raster"))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "PROBABILITIES", "Probabilities (uint8, P × 255)", optional=True, createByDefault=False))
+
+    def run_engine(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                   feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        from mtp_core.pipeline import predict_raster
+
+        raster = self.raster_source(parameters, "INPUT", context)
+        mask = self.output_path(parameters, "OUTPUT", context, RASTER_SUFFIXES)
+        probs = self.output_path(parameters, "PROBABILITIES", context, RASTER_SUFFIXES)
+        predictor = self.load_predictor(parameters, context, feedback)
+        prediction = predict_raster(
+            predictor, raster, mask, probs, bands=self.bands(parameters, context),
+            pixel_crs=self.parameterAsBoolean(parameters, "PIXEL_CRS", context),
+            progress=tile_progress(feedback), cancel=feedback.isCanceled)
+        feedback.pushInfo(f"{run_summary(prediction.stats, prediction.km2)} -> {mask}")
+        return {"OUTPUT": str(mask), "PROBABILITIES": str(probs) if probs else None}
+
+
+class ExtractBuildingsAlgorithm(MTPAlgorithm):
+    ALG_ID = "extractbuildings"
+    TITLE = "Extract buildings (raster to polygons)"
+    HELP = ("The whole job of `mtp predict`: segments a georeferenced raster with an MTP model and writes clean "
+            "building polygons (attributes id, class, score, area_m2, perimeter_m, source, model) in the raster's "
+            "CRS, and optionally the class raster. The same options give the same polygons as `mtp predict`. "
+            "Without a checkpoint the embedded demo model runs. Runs in batch mode over many rasters.")
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
+        self.add_model_parameters()
+        self.add_vector_options()
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            "OUTPUT", "Buildings", QgsProcessing.TypeVectorPolygon))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "MASK", "Class raster", optional=True, createByDefault=False))
+        self.addOutput(QgsProcessingOutputNumber("BUILDINGS", "Buildings found"))
+
+    def run_engine(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                   feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        from mtp_core.geo import read_vector, write_vector
+        from mtp_core.pipeline import extract_buildings
+
+        raster = self.raster_source(parameters, "INPUT", context)
+        output = self.output_path(parameters, "OUTPUT", context, VECTOR_SUFFIXES)
+        mask = self.output_path(parameters, "MASK", context, RASTER_SUFFIXES)
+        predictor = self.load_predictor(parameters, context, feedback)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=output.parent, prefix=".mtp-") as tmp:
+            result = extract_buildings(
+                predictor, raster, tmp, bands=self.bands(parameters, context),
+                pixel_crs=self.parameterAsBoolean(parameters, "PIXEL_CRS", context), progress=tile_progress(feedback),
+                cancel=feedback.isCanceled, **self.vector_options(parameters, context))
+            if mask is not None:
+                shutil.move(result.mask_path, mask)
+            if output.suffix.lower() == ".gpkg":
+                shutil.move(result.vector_path, output)
+            else:  # the engine's GeoPackage, rewritten by the engine's writer in the chosen format
+                write_vector(output, *read_vector(result.vector_path), layer_name="buildings")
+        feedback.pushInfo(f"{run_summary(result.prediction.stats, result.prediction.km2)}; {result.buildings} "
+                          f"buildings -> {output}")
+        return {"OUTPUT": str(output), "MASK": str(mask) if mask else None, "BUILDINGS": result.buildings}
+
+
+class VectorizeAlgorithm(MTPAlgorithm):
+    ALG_ID = "vectorize"
+    TITLE = "Vectorize class raster"
+    HELP = ("Turns a class raster (e.g. the output of 'Segment raster') into clean polygons, as `mtp vectorize`: "
+            "4-connected regions, small polygons and holes dropped, coverage simplification (no gaps between "
+            "classes), optional right-angled outlines. A probability raster gives each polygon its score.")
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Class raster"))
+        self.addParameter(QgsProcessingParameterRasterLayer(
+            "PROBABILITIES", "Probabilities (uint8, P × 255) for the score attribute", optional=True))
+        self.add_vector_options()
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            "OUTPUT", "Polygons", QgsProcessing.TypeVectorPolygon))
+        self.addOutput(QgsProcessingOutputNumber("POLYGONS", "Polygons written"))
+
+    def run_engine(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                   feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        from mtp_core.geo import write_vector
+        from mtp_core.vectorize import vectorize_raster
+
+        mask = self.raster_source(parameters, "INPUT", context)
+        probs = self.raster_source(parameters, "PROBABILITIES", context)
+        output = self.output_path(parameters, "OUTPUT", context, VECTOR_SUFFIXES)
+        result = vectorize_raster(
+            mask, prob_raster_path=probs, source=Path(mask).name, cancel=feedback.isCanceled,
+            progress=lambda done, total: feedback.setProgress(100.0 * done / total if total else 100.0),
+            **self.vector_options(parameters, context))
+        write_vector(output, result.geometries, result.attributes, result.crs_wkt, layer_name="buildings")
+        feedback.pushInfo(f"{len(result)} polygons -> {output}")
+        return {"OUTPUT": str(output), "POLYGONS": len(result)}
+
+
+SCORE_FIELDS = (("area", QVariant.String), ("tp", QVariant.Int), ("fp", QVariant.Int), ("fn", QVariant.Int),
+                ("precision", QVariant.Double), ("recall", QVariant.Double), ("f1", QVariant.Double))
+
+
+class EvaluateAlgorithm(MTPAlgorithm):
+    ALG_ID = "evaluate"
+    TITLE = "Evaluate building polygons (TP/FP/FN, F1)"
+    HELP = ("Scores predicted building polygons against reference polygons with the SpaceNet rules, as "
+            "`mtp evaluate`: proposals by descending score take the unmatched reference of highest IoU; a match "
+            "when IoU > the threshold. Areas in metres (the reference is reprojected to the prediction's CRS). "
+            "Writes a table (area, tp, fp, fn, precision, recall, f1) and returns the numbers for the modeler.")
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "PREDICTION", "Predicted buildings", [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "REFERENCE", "Reference buildings", [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterNumber(
+            "IOU", "IoU threshold of a match", QgsProcessingParameterNumber.Double, 0.5, False, 0.0, 1.0))
+        self.addParameter(QgsProcessingParameterNumber(
+            "MIN_AREA", "Ignore polygons smaller than (m²; empty: 5 m², SpaceNet's 20 px² at 0.5 m)",
+            QgsProcessingParameterNumber.Double, None, True, 0.0))
+        self.addParameter(advanced(QgsProcessingParameterEnum(
+            "RULES", "Matching rules (spacenet1: the 2016 scorer, IoU ≥ threshold, file order)", RULES,
+            defaultValue="spacenet", usesStaticStrings=True)))
+        self.addParameter(QgsProcessingParameterFeatureSink("OUTPUT", "Scores", QgsProcessing.TypeVector))
+        for key in ("TP", "FP", "FN", "PRECISION", "RECALL", "F1"):
+            self.addOutput(QgsProcessingOutputNumber(key, key.lower()))
+
+    def vector_file(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext,
+                    feedback: QgsProcessingFeedback) -> str:
+        """A file whose first layer holds the parameter's features, as the engine reads it: the layer's own file, or
+        an export when it has none (a memory layer, a filter, selected features only)."""
+        from osgeo import gdal
+
+        path, layer_name = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+            parameters, name, context, [s.lstrip(".") for s in VECTOR_SUFFIXES], "gpkg", feedback)
+        if layer_name:
+            dataset = gdal.OpenEx(path, gdal.OF_VECTOR)  # kept in a variable: its layer dies with it
+            first = dataset.GetLayer(0).GetName()
+            if layer_name != first:
+                raise QgsProcessingException(
+                    f"{name}: {path} holds several layers and MTP reads the first ({first}); export layer "
+                    f"{layer_name} to its own file (right-click > Export > Save Features As…)")
+        return path
+
+    def run_engine(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                   feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        from mtp_core.metrics import MatchResult, evaluate_files
+
+        prediction = self.vector_file(parameters, "PREDICTION", context, feedback)
+        reference = self.vector_file(parameters, "REFERENCE", context, feedback)
+        min_area = self.parameterAsString(parameters, "MIN_AREA", context).strip()
+        results = evaluate_files(
+            prediction, reference, iou_threshold=self.parameterAsDouble(parameters, "IOU", context),
+            min_area=float(min_area) if min_area else None,
+            rules=self.parameterAsEnumString(parameters, "RULES", context))
+        fields = QgsFields()
+        for field_name, field_type in SCORE_FIELDS:
+            fields.append(QgsField(field_name, field_type))
+        sink, dest_id = self.parameterAsSink(parameters, "OUTPUT", context, fields, QgsWkbTypes.NoGeometry,
+                                             QgsCoordinateReferenceSystem())
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, "OUTPUT"))
+        for area, r in results.items():
+            feature = QgsFeature(fields)
+            feature.setAttributes([area, r.tp, r.fp, r.fn, r.precision, r.recall, r.f1])
+            sink.addFeature(feature, QgsFeatureSink.FastInsert)
+            feedback.pushInfo(f"{area}: TP {r.tp}, FP {r.fp}, FN {r.fn}, precision {r.precision:.4f}, "
+                              f"recall {r.recall:.4f}, F1 {r.f1:.4f}")
+        total = MatchResult.from_counts(sum(r.tp for r in results.values()), sum(r.fp for r in results.values()),
+                                        sum(r.fn for r in results.values()))
+        return {"OUTPUT": dest_id, "TP": total.tp, "FP": total.fp, "FN": total.fn, "PRECISION": total.precision,
+                "RECALL": total.recall, "F1": total.f1}
+
+
+ALGORITHMS: tuple[type[MTPAlgorithm], ...] = (
+    SegmentAlgorithm, ExtractBuildingsAlgorithm, VectorizeAlgorithm, EvaluateAlgorithm)
