@@ -9,7 +9,7 @@ import shapely
 from osgeo import gdal, osr
 
 from mtp_core.cli import DEMO_CHECKPOINT, main
-from mtp_core.geo import GeoError, describe_raster, read_vector
+from mtp_core.geo import GeoError, describe_raster, read_vector, to_metric
 from mtp_core.inference import CLASS_NODATA, Predictor
 from mtp_core.pipeline import extract_buildings
 from mtp_core.progress import Cancelled
@@ -67,7 +67,9 @@ def test_geographic_chip_comes_back_on_its_own_grid(checkpoint, tmp_path):
     geoms, attrs, _ = read_vector(result.vector_path)
     minx, miny, maxx, maxy = src.bounds
     assert all(minx - 1e-9 <= b <= maxx + 1e-9 for g in geoms for b in shapely.bounds(g)[::2])
-    assert all(1.0 < a < 5000 for a in attrs["area_m2"])  # metres, not square degrees
+    # areas in m², not square degrees: equal to the polygons' area in the chip's UTM zone within 1 %
+    utm_areas = shapely.area(to_metric(np.asarray(geoms, dtype=object), describe_raster(chip).crs_wkt))
+    np.testing.assert_allclose(attrs["area_m2"], utm_areas, rtol=0.01)
 
 
 def test_nodata_stays_nodata(checkpoint, tmp_path):
