@@ -30,7 +30,8 @@ def _outline_mask(geometries: Sequence, geotransform: tuple, crs_wkt: str, width
     raster.SetGeoTransform(geotransform)
     raster.SetProjection(crs_wkt)
     srs = osr.SpatialReference(wkt=crs_wkt)
-    layer = ogr.GetDriverByName("Memory").CreateDataSource("").CreateLayer("outlines", srs, ogr.wkbMultiLineString)
+    source = ogr.GetDriverByName("Memory").CreateDataSource("")  # must outlive the layer (GDAL owns it)
+    layer = source.CreateLayer("outlines", srs, ogr.wkbMultiLineString)
     for geometry in geometries:
         feature = ogr.Feature(layer.GetLayerDefn())
         feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(shapely.boundary(geometry))))
