@@ -73,6 +73,17 @@ def cmd_convert_ckpt(args: argparse.Namespace) -> int:
 
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "mtp_demo_synthetic.pth"
+GDAL_CACHE_BYTES = 256 * 2**20  # GDAL's default (5 % of RAM) would let the block cache grow with the raster
+
+
+def _bound_gdal_cache() -> None:
+    """Our own process only (never inside QGIS): a fixed block cache unless the user set GDAL_CACHEMAX."""
+    import os
+
+    from osgeo import gdal
+
+    if "GDAL_CACHEMAX" not in os.environ:
+        gdal.SetCacheMax(GDAL_CACHE_BYTES)
 
 
 def _bands(text: str | None) -> tuple[int, ...] | None:
@@ -128,6 +139,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from mtp_core.pipeline import extract_buildings
     from mtp_core.shard import parse_shard, select_shard
 
+    _bound_gdal_cache()
     index, count = parse_shard(args.shard)
     rasters = select_shard(args.rasters, index, count)
     missing = [str(r) for r in rasters if not r.exists()]
