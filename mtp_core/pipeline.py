@@ -16,11 +16,11 @@ import numpy as np
 from osgeo import gdal
 
 from mtp_core.geo import BandScaler, GeoError, GeoTiffWriter, RasterInfo, ReadPlan, describe_raster, plan_read
-from mtp_core.geo import read_window, warp_to_grid, write_vector
+from mtp_core.geo import read_window, warp_to_grid
 from mtp_core.inference import CLASS_NODATA, Predictor, RunStats
 from mtp_core.progress import CancelCallback, Progress, ProgressCallback
 from mtp_core.tiling import Tile
-from mtp_core.vectorize import vectorize_raster
+from mtp_core.vectorize import vectorize_raster_to_file
 
 
 @dataclass
@@ -166,18 +166,17 @@ def extract_buildings(
         prediction = predict_raster(predictor, raster, mask_path, probs, bands=bands, pixel_crs=pixel_crs,
                                     progress=progress, cancel=cancel)
         try:
-            vectors = vectorize_raster(
-                mask_path, prob_raster_path=str(probs), min_area_m2=min_area_m2, simplify_m=simplify_m,
+            counts = vectorize_raster_to_file(
+                mask_path, vector_path, prob_raster_path=str(probs), min_area_m2=min_area_m2, simplify_m=simplify_m,
                 regularize=regularize, source=raster.name, model=predictor.card.description or
                 predictor.card.architecture, cancel=cancel,
             )
-            write_vector(vector_path, vectors.geometries, vectors.attributes, vectors.crs_wkt, layer_name="buildings")
         except BaseException:
             mask_path.unlink(missing_ok=True)  # the job's outputs exist together or not at all
             if probabilities:
                 prob_path.unlink(missing_ok=True)
             raise
-    return JobResult(raster, mask_path, vector_path, prob_path if probabilities else None, len(vectors.geometries),
+    return JobResult(raster, mask_path, vector_path, prob_path if probabilities else None, counts["polygons"],
                      prediction)
 
 

@@ -5,12 +5,16 @@ Why it is built this way:
 * **4-connected regions.** Pixels of one class form one polygon only when they share an edge. Buildings that touch
   diagonally are nearly always two buildings, and a 4-connected region's outline never pinches at a point, so every
   region is one simple polygon (holes may touch its shell at a corner, which is valid).
-* **Bounded memory, seamless output.** GDAL polygonizes bands of ``block_rows`` rows, so memory is ``width x
-  block_rows`` plus the polygons themselves. Pieces cut by a band border are re-joined: a piece above and a piece
-  below a border belong together when a pixel column has the same selected class on both sides of the border (one
-  probe per run of such columns, found with an STRtree), and each linked group is unioned once. All of this happens in
-  a *pixel frame* (integer vertices on pixel corners), so the unions are exact; every polygon is then put in one
-  canonical form (no collinear vertices, normalized ring order). The result is identical whatever ``block_rows`` is.
+* **Bounded memory, seamless output.** GDAL polygonizes bands of ``block_rows`` rows. Pieces cut by a band border
+  are re-joined: a piece above and a piece below a border belong together when a pixel column has the same selected
+  class on both sides of the border (one probe per run of such columns, found with an STRtree), and each region is
+  unioned once, when no piece of it touches the last border. All of this happens in a *pixel frame* (integer
+  vertices on pixel corners), so the unions are exact; every polygon is then put in one canonical form (no collinear
+  vertices, normalized ring order). Polygons are finished and handed out (written, with
+  :func:`vectorize_raster_to_file`) band by band as soon as nothing below can change them (:class:`_Run`), in
+  reading order, so memory is ``width x block_rows`` plus the polygons near the current band, whatever the raster's
+  height; by default a band has about 2 million pixels (64 to 1024 rows). The result is identical whatever
+  ``block_rows`` is.
 * **No gaps between classes.** Simplification is *coverage* simplification (Visvalingam-Whyatt on the shared-edge
   graph of all polygons, ``shapely.coverage_simplify``): an edge shared by two polygons is simplified once, for both,
   so adjacent classes keep sharing their boundary exactly and never overlap. It only removes vertices, so simplified
@@ -25,9 +29,10 @@ Why it is built this way:
   height (abscissa); walls whose net extent is under 3 pixels are zig-zag noise and merge into their neighbours;
   corners are the crossings of consecutive walls. So a noisy rectangle becomes 4 corners and an L 6, all right
   angles. Courtyards are snapped the same way (a collapsing one stays raw). A polygon is reverted to its
-  unregularized outline when the result is invalid, its IoU with the raw outline is below 0.85, or it would overlap
-  another polygon. Only polygons that share no edge with another polygon are regularized (buildings surrounded by
-  background): snapping one side of a shared edge would open a gap.
+  unregularized outline when the result is invalid, its IoU with the raw outline is below 0.85, it leaves the raw
+  outline's bounding box by more than 2 pixels (a local change, so polygons can be finished band by band), or it
+  would overlap another polygon. Only polygons that share no edge with another polygon are regularized (buildings
+  surrounded by background): snapping one side of a shared edge would open a gap.
 * **Metres.** Areas and lengths are in metres: for a projected CRS from its linear unit; for a geographic CRS in a
   Lambert azimuthal equal-area projection centred on the raster (equal-area on the ellipsoid, so areas are exact and
   lengths accurate near the centre). Simplification and regularization tolerances use the pixel size in metres at
@@ -37,13 +42,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Sequence
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import numpy as np
 import shapely
 from osgeo import gdal, gdal_array, ogr, osr
 from shapely import Polygon
 
+from mtp_core.geo.vector import VectorWriter
 from mtp_core.progress import Cancelled
 
 ProgressFn = Optional[Callable[[int, int], None]]
@@ -52,7 +59,15 @@ CancelFn = Optional[Callable[[], bool]]
 _MIN_IOU = 0.85          # a regularized outline further than this from the raw one is not trusted
 _REG_TOLERANCE_PX = 1.0  # Douglas-Peucker tolerance that turns pixel staircases into straight sides
 _MIN_SIDE_PX = 3.0       # walls shorter than this are pixel noise and merge into their neighbours
+_REG_REACH_PX = 2.0      # a regularized outline stays within this many pixels of its raw outline's bounding box
 _SIMPLIFY_BATCH = 256    # polygons per coverage-simplification call
+_BLOCK_PIXELS = 2**21    # pixels per band when block_rows is not given (about 60 MB of working arrays) ...
+_MIN_BLOCK_ROWS, _MAX_BLOCK_ROWS = 64, 1024  # ... within these rows
+
+
+#: The attributes of every polygon, with their OGR field types (what ``mtp predict`` writes).
+FIELDS = {"id": ogr.OFTInteger, "class": ogr.OFTInteger, "score": ogr.OFTReal, "area_m2": ogr.OFTReal,
+          "perimeter_m": ogr.OFTReal, "source": ogr.OFTString, "model": ogr.OFTString}
 
 
 class VectorizeCancelled(Cancelled):
@@ -80,7 +95,7 @@ class VectorResult:
 class _Options:
     classes: frozenset[int] | None
     nodata: float | None
-    block_rows: int
+    block_rows: int | None
     min_area_m2: float
     simplify_m: float
     regularize: bool
@@ -106,17 +121,45 @@ class _Rows(Protocol):
 # Public entry points
 
 
-def vectorize_raster(class_raster_path: str, *, classes: Sequence[int] | None = None, block_rows: int = 1024,
+def vectorize_raster(class_raster_path: str, *, classes: Sequence[int] | None = None, block_rows: int | None = None,
                      prob_raster_path: str | None = None, min_area_m2: float = 4.0, simplify_m: float = 0.25,
                      regularize: bool = False, source: str = "", model: str = "", progress: ProgressFn = None,
                      cancel: CancelFn = None) -> VectorResult:
-    """Polygons of the class raster's band 1 (all non-zero, non-nodata values unless ``classes`` is given).
+    """Polygons of the class raster's band 1 (all non-zero, non-nodata values unless ``classes`` is given), in memory.
 
     ``prob_raster_path``: uint8 probabilities (0-255) of the same size, as ``mtp predict`` writes them: band ``c`` is
     the probability of class ``c`` (background is not stored); a one-band raster scores every class. ``score`` is
     its mean over each polygon's pixels. ``progress(done_rows, total_rows)`` is called after each band of rows;
     ``cancel()`` is checked before each band and between the cleaning steps (:class:`VectorizeCancelled`).
+    For large rasters use :func:`vectorize_raster_to_file`, which holds only the polygons not yet written.
     """
+    rows, gt, crs_wkt = _open_class_raster(class_raster_path, prob_raster_path)
+    opts = _options(classes, rows.nodata, block_rows, min_area_m2, simplify_m, regularize, source, model, progress,
+                    cancel)
+    return _vectorize(rows, gt, crs_wkt, opts)
+
+
+def vectorize_raster_to_file(class_raster_path: str, output_path: str | Path, *, layer_name: str = "buildings",
+                             classes: Sequence[int] | None = None, block_rows: int | None = None,
+                             prob_raster_path: str | None = None, min_area_m2: float = 4.0, simplify_m: float = 0.25,
+                             regularize: bool = False, source: str = "", model: str = "", progress: ProgressFn = None,
+                             cancel: CancelFn = None) -> dict[str, int]:
+    """:func:`vectorize_raster` streamed into a vector file (.gpkg, .geojson, .shp) in the raster's CRS: polygons are
+    written as soon as they are final, the file appears only when complete. Returns the counts (see
+    :class:`VectorResult`)."""
+    rows, gt, crs_wkt = _open_class_raster(class_raster_path, prob_raster_path)
+    opts = _options(classes, rows.nodata, block_rows, min_area_m2, simplify_m, regularize, source, model, progress,
+                    cancel)
+    run = _Run(rows, gt, crs_wkt, opts)
+    with VectorWriter(output_path, FIELDS, crs_wkt, ogr.wkbPolygon, layer_name,
+                      text_widths={"source": max(len(source.encode()), 1), "model": max(len(model.encode()), 1)}) \
+            as writer:
+        for chunk in run.chunks():
+            writer.write(chunk.geometries, chunk.attributes)
+    return dict(run.counts)
+
+
+def _open_class_raster(class_raster_path: str, prob_raster_path: str | None) -> tuple["_RasterRows", tuple, str]:
     gdal.UseExceptions()
     ds = gdal.Open(str(class_raster_path))
     band = ds.GetRasterBand(1)
@@ -128,13 +171,11 @@ def vectorize_raster(class_raster_path: str, *, classes: Sequence[int] | None = 
         if (prob_ds.RasterXSize, prob_ds.RasterYSize) != (ds.RasterXSize, ds.RasterYSize):
             raise ValueError(f"{prob_raster_path} is {prob_ds.RasterXSize}x{prob_ds.RasterYSize}, the class raster "
                              f"{ds.RasterXSize}x{ds.RasterYSize}")
-    opts = _options(classes, band.GetNoDataValue(), block_rows, min_area_m2, simplify_m, regularize, source, model,
-                    progress, cancel)
-    return _vectorize(_RasterRows(ds, prob_ds), ds.GetGeoTransform(), ds.GetProjection(), opts)
+    return _RasterRows(ds, prob_ds), ds.GetGeoTransform(), ds.GetProjection()
 
 
 def vectorize_array(mask: np.ndarray, geotransform: Sequence[float], crs_wkt: str, *, prob: np.ndarray | None = None,
-                    nodata: int | None = None, classes: Sequence[int] | None = None, block_rows: int = 1024,
+                    nodata: int | None = None, classes: Sequence[int] | None = None, block_rows: int | None = None,
                     min_area_m2: float = 4.0, simplify_m: float = 0.25, regularize: bool = False, source: str = "",
                     model: str = "", progress: ProgressFn = None, cancel: CancelFn = None) -> VectorResult:
     """:func:`vectorize_raster` for an in-memory class mask (H, W), e.g. a window around a click.
@@ -150,10 +191,10 @@ def vectorize_array(mask: np.ndarray, geotransform: Sequence[float], crs_wkt: st
     return _vectorize(_ArrayRows(mask, prob), tuple(geotransform), crs_wkt, opts)
 
 
-def _options(classes: Sequence[int] | None, nodata: float | None, block_rows: int, min_area_m2: float,
+def _options(classes: Sequence[int] | None, nodata: float | None, block_rows: int | None, min_area_m2: float,
              simplify_m: float, regularize: bool, source: str, model: str, progress: ProgressFn,
              cancel: CancelFn) -> _Options:
-    if block_rows < 1:
+    if block_rows is not None and block_rows < 1:
         raise ValueError(f"block_rows must be at least 1, got {block_rows}")
     if min_area_m2 < 0 or simplify_m < 0:
         raise ValueError("min_area_m2 and simplify_m must not be negative")
@@ -163,19 +204,26 @@ def _options(classes: Sequence[int] | None, nodata: float | None, block_rows: in
 
 class _RasterRows:
     def __init__(self, ds: gdal.Dataset, prob_ds: gdal.Dataset | None) -> None:
+        self._dataset = ds  # the band needs its dataset alive
         self._band, self._prob = ds.GetRasterBand(1), prob_ds
+        self.nodata = self._band.GetNoDataValue()
         self.height, self.width = ds.RasterYSize, ds.RasterXSize
         self.has_prob = prob_ds is not None
 
     def classes(self, row0: int, rows: int) -> np.ndarray:
-        return self._band.ReadAsArray(0, row0, self.width, rows)
+        values = self._band.ReadAsArray(0, row0, self.width, rows)
+        self._band.FlushCache()  # each row is read once: GDAL's block cache would only hold a copy of the raster
+        return values
 
     def prob(self, row0: int, rows: int, cls: int) -> np.ndarray:
         count = self._prob.RasterCount
         band = 1 if count == 1 else cls
         if not 1 <= band <= count:
             raise ValueError(f"class {cls} has no band in the {count}-band probability raster")
-        return self._prob.GetRasterBand(band).ReadAsArray(0, row0, self.width, rows, buf_type=gdal.GDT_Byte)
+        prob_band = self._prob.GetRasterBand(band)
+        values = prob_band.ReadAsArray(0, row0, self.width, rows, buf_type=gdal.GDT_Byte)
+        prob_band.FlushCache()
+        return values
 
 
 class _ArrayRows:
@@ -202,52 +250,15 @@ class _ArrayRows:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The shared path
+# The shared path: one streamed run
 
 
 def _vectorize(rows: _Rows, geotransform: Sequence[float], crs_wkt: str, opts: _Options) -> VectorResult:
-    if geotransform[2] != 0 or geotransform[4] != 0:
-        raise ValueError(f"rotated rasters are not supported (geotransform {tuple(geotransform)})")
-    measure = _Measure(geotransform, crs_wkt, rows.width, rows.height)
-    polys, cls, sums, counts, n_pieces, n_stitched = _polygonize(rows, opts)
-    _check_cancel(opts.cancel)
-
-    area = measure.area_m2(polys)
-    big = area >= opts.min_area_m2
-    polys, cls, sums, counts = polys[big], cls[big], sums[big], counts[big]
-    polys, n_filled = _fill_small_holes(polys, measure, opts.min_area_m2)
-    order = _reading_order(polys, cls)
-    polys, cls, sums, counts = polys[order], cls[order], sums[order], counts[order]
-
-    near = _near_pairs(polys)
-    shares_edge = _shares_edge(polys, near)
-    out = _simplify(polys, near, shares_edge, measure.px_m, opts.simplify_m) if opts.simplify_m > 0 else polys
-    _check_cancel(opts.cancel)
-    n_reg = n_rev = 0
-    candidates = np.flatnonzero(~shares_edge)
-    if opts.regularize and len(candidates):
-        regular, ok = _regularize(polys[candidates], measure.px_m)
-        chosen = candidates[ok]
-        ok[ok] = ~_overlap_others(regular[ok], chosen, out)
-        out = out.copy()
-        out[candidates[ok]] = regular[ok]
-        n_reg, n_rev = int(ok.sum()), int((~ok).sum())
-
-    geoms = shapely.orient_polygons(_to_map(out, geotransform), exterior_cw=False)
-    score = [None if n == 0 else float(s / (255.0 * n)) for s, n in zip(sums, counts)] if rows.has_prob else \
-        [None] * len(geoms)
-    attributes = {
-        "id": list(range(1, len(geoms) + 1)),
-        "class": [int(c) for c in cls],
-        "score": score,
-        "area_m2": [float(a) for a in measure.area_m2(out)],
-        "perimeter_m": [float(p) for p in measure.perimeter_m(out)],
-        "source": [opts.source] * len(geoms),
-        "model": [opts.model] * len(geoms),
-    }
-    tally = {"pieces": n_pieces, "stitched": n_stitched, "small_dropped": int((~big).sum()), "holes_filled": n_filled,
-             "regularized": n_reg, "reverted": n_rev, "polygons": len(geoms)}
-    return VectorResult(list(geoms), attributes, crs_wkt, tally)
+    """Every chunk of a run joined into one result (for callers that want the polygons in memory)."""
+    run = _Run(rows, geotransform, crs_wkt, opts)
+    chunks = list(run.chunks())
+    attributes = {name: [v for chunk in chunks for v in chunk.attributes[name]] for name in FIELDS}
+    return VectorResult([g for chunk in chunks for g in chunk.geometries], attributes, crs_wkt, dict(run.counts))
 
 
 def _check_cancel(cancel: CancelFn) -> None:
@@ -255,55 +266,247 @@ def _check_cancel(cancel: CancelFn) -> None:
         raise VectorizeCancelled("vectorization cancelled")
 
 
+@dataclass
+class _Polys:
+    """Polygons in the pixel frame (x = column, y = row, vertices on integers) with one value each per column."""
+
+    polys: np.ndarray   # shapely Polygons
+    cls: np.ndarray     # int64 class
+    sums: np.ndarray    # float64 sum of uint8 probabilities over the polygon's pixels (exact: integers < 2**53)
+    counts: np.ndarray  # int64 pixels counted in ``sums``
+
+    @staticmethod
+    def empty() -> "_Polys":
+        return _Polys(np.empty(0, object), np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64))
+
+    @staticmethod
+    def concat(parts: Sequence["_Polys"]) -> "_Polys":
+        return _Polys(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("polys", "cls", "sums",
+                                                                                         "counts")))
+
+    def take(self, index: np.ndarray) -> "_Polys":
+        return _Polys(self.polys[index], self.cls[index], self.sums[index], self.counts[index])
+
+    def __len__(self) -> int:
+        return len(self.polys)
+
+
+class _Run:
+    """A class raster's polygons, produced band by band and handed out in reading order as soon as they are final.
+
+    A region is *closed* when no piece of it touches the last band's bottom border, and *final* (simplified,
+    regularized, measured) once no polygon still to come can interact with it: polygons interact only when their
+    bounding boxes meet (grown by twice the reach of a regularized outline when regularizing), so a closed polygon
+    waits while its group of meeting boxes includes an open region or a box that could meet the next band. Final
+    polygons wait until no polygon still to come can come before them in reading order. Memory therefore follows the
+    raster's width and the size of regions, not its height, and the output is the same whatever ``block_rows`` is.
+    """
+
+    def __init__(self, rows: _Rows, geotransform: Sequence[float], crs_wkt: str, opts: _Options) -> None:
+        if geotransform[2] != 0 or geotransform[4] != 0:
+            raise ValueError(f"rotated rasters are not supported (geotransform {tuple(geotransform)})")
+        self.rows, self.gt, self.crs_wkt, self.opts = rows, tuple(geotransform), crs_wkt, opts
+        self.measure = _Measure(geotransform, crs_wkt, rows.width, rows.height)
+        self.reach = 2 * _REG_REACH_PX if opts.regularize else 0.0
+        self.counts = dict.fromkeys(("pieces", "stitched", "small_dropped", "holes_filled", "regularized",
+                                     "reverted", "polygons"), 0)
+
+    def chunks(self) -> Iterator[VectorResult]:
+        """Polygons with their attributes (``id`` counting on from chunk to chunk), in reading order."""
+        rows, opts = self.rows, self.opts
+        stitcher = _Stitcher()
+        waiting = _Polys.empty()
+        in_order = _InOrder()
+        block_rows = opts.block_rows or max(_MIN_BLOCK_ROWS, min(_MAX_BLOCK_ROWS, _BLOCK_PIXELS // rows.width))
+        for row0 in range(0, rows.height, block_rows):
+            _check_cancel(opts.cancel)
+            values = rows.classes(row0, min(block_rows, rows.height - row0))
+            keep = _selected(values, opts)
+            closed = stitcher.add(_polygonize_block(values, keep, row0, rows), values, keep, row0)
+            bottom = row0 + len(values)
+            waiting = _Polys.concat([waiting, self._clean(closed)])
+            open_boxes = stitcher.open_boxes()
+            ready = self._ready(waiting, open_boxes, bottom)
+            in_order.add(self._finish(waiting.take(ready)))
+            waiting = waiting.take(~ready)
+            limit = min([bottom, *open_boxes[:, 1], *shapely.bounds(waiting.polys).reshape(-1, 4)[:, 1]])
+            yield from self._release(in_order, limit)
+            if opts.progress is not None:
+                opts.progress(bottom, rows.height)
+        waiting = _Polys.concat([waiting, self._clean(stitcher.close())])
+        in_order.add(self._finish(waiting))
+        yield from self._release(in_order, math.inf)
+        self.counts["pieces"], self.counts["stitched"] = stitcher.pieces, stitcher.stitched
+
+    def _clean(self, closed: _Polys) -> _Polys:
+        """Closed regions without those under the minimum area, and without their small holes."""
+        big = self.measure.area_m2(closed.polys) >= self.opts.min_area_m2
+        closed = closed.take(big)
+        closed.polys, filled = _fill_small_holes(closed.polys, self.measure, self.opts.min_area_m2)
+        self.counts["small_dropped"] += int((~big).sum())
+        self.counts["holes_filled"] += filled
+        return closed
+
+    def _ready(self, waiting: _Polys, open_boxes: np.ndarray, bottom: int) -> np.ndarray:
+        """Which waiting polygons can be finished: their group of meeting boxes holds no open region and no box that
+        could meet the next band."""
+        boxes = np.concatenate([shapely.bounds(waiting.polys).reshape(-1, 4), open_boxes])
+        blocked = np.r_[boxes[: len(waiting), 3] + self.reach >= bottom, np.ones(len(open_boxes), bool)]
+        group = _components(len(boxes), _meeting_pairs(boxes, self.reach))
+        return ~np.isin(group[: len(waiting)], group[blocked])
+
+    def _finish(self, polys: _Polys) -> "_Finished":
+        """Simplified (and regularized) outlines of whole groups of meeting boxes, measured, on the map."""
+        _check_cancel(self.opts.cancel)
+        raw = polys.polys
+        near = _meeting_pairs(shapely.bounds(raw).reshape(-1, 4), self.reach)
+        shares_edge = _shares_edge(raw, near)
+        out = _simplify(raw, near, shares_edge, self.measure.px_m, self.opts.simplify_m) \
+            if self.opts.simplify_m > 0 and len(raw) else raw
+        candidates = np.flatnonzero(~shares_edge)
+        if self.opts.regularize and len(candidates):
+            regular, ok = _regularize(raw[candidates], self.measure.px_m)
+            ok[ok] = ~_overlap_others(regular[ok], candidates[ok], out)
+            out = out.copy()
+            out[candidates[ok]] = regular[ok]
+            self.counts["regularized"] += int(ok.sum())
+            self.counts["reverted"] += int((~ok).sum())
+        centre = shapely.get_coordinates(shapely.centroid(raw)).reshape(-1, 2)
+        score = polys.sums / (255.0 * np.maximum(polys.counts, 1))
+        score[polys.counts == 0] = np.nan
+        if not self.rows.has_prob:
+            score[:] = np.nan
+        return _Finished(
+            key=(centre[:, 1], centre[:, 0], polys.cls, shapely.area(raw), shapely.to_wkb(raw)),
+            geoms=shapely.orient_polygons(_to_map(out, self.gt), exterior_cw=False) if len(out) else out,
+            cls=polys.cls, score=score, area_m2=self.measure.area_m2(out), perimeter_m=self.measure.perimeter_m(out))
+
+    def _release(self, in_order: "_InOrder", limit: float) -> Iterator[VectorResult]:
+        done = in_order.pop_before(limit)
+        if not len(done.geoms):
+            return
+        first = self.counts["polygons"] + 1
+        self.counts["polygons"] += len(done.geoms)
+        attributes = {
+            "id": list(range(first, first + len(done.geoms))),
+            "class": [int(c) for c in done.cls],
+            "score": [None if math.isnan(v) else float(v) for v in done.score],
+            "area_m2": [float(a) for a in done.area_m2],
+            "perimeter_m": [float(p) for p in done.perimeter_m],
+            "source": [self.opts.source] * len(done.geoms),
+            "model": [self.opts.model] * len(done.geoms),
+        }
+        yield VectorResult(list(done.geoms), attributes, self.crs_wkt)
+
+
+@dataclass
+class _Finished:
+    """Final polygons on the map with their attributes and reading-order key (centroid row, column, class, area and
+    WKB of the unsimplified outline: the same order for the same set of regions)."""
+
+    key: tuple[np.ndarray, ...]
+    geoms: np.ndarray
+    cls: np.ndarray
+    score: np.ndarray
+    area_m2: np.ndarray
+    perimeter_m: np.ndarray
+
+    @staticmethod
+    def concat(parts: Sequence["_Finished"]) -> "_Finished":
+        key = tuple(np.concatenate([p.key[k] for p in parts]) for k in range(5))
+        return _Finished(key, *(np.concatenate([getattr(p, name) for p in parts])
+                                for name in ("geoms", "cls", "score", "area_m2", "perimeter_m")))
+
+    def take(self, index: np.ndarray) -> "_Finished":
+        return _Finished(tuple(k[index] for k in self.key), self.geoms[index], self.cls[index], self.score[index],
+                         self.area_m2[index], self.perimeter_m[index])
+
+
+class _InOrder:
+    """Final polygons held back until no polygon still to come can precede them in reading order."""
+
+    def __init__(self) -> None:
+        self._held: list[_Finished] = []
+
+    def add(self, finished: _Finished) -> None:
+        if len(finished.geoms):
+            self._held.append(finished)
+
+    def pop_before(self, limit: float) -> _Finished:
+        """Those whose centroid row is above ``limit`` (every polygon still to come has its centroid below it), in
+        reading order."""
+        if not self._held:
+            return _Finished((np.empty(0),) * 5, np.empty(0, object), np.empty(0, np.int64), np.empty(0),
+                             np.empty(0), np.empty(0))
+        held = _Finished.concat(self._held)
+        out = held.key[0] < limit
+        rest = held.take(~out)
+        self._held = [rest] if len(rest.geoms) else []
+        done = held.take(out)
+        cy, cx, cls, area, wkb = done.key
+        order = sorted(range(len(cy)), key=lambda i: (cy[i], cx[i], cls[i], area[i], wkb[i]))
+        return done.take(np.array(order, np.int64))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Block-by-block polygonization and stitching (pixel frame: x = column, y = row, vertices on integers)
 
 
-@dataclass
-class _Block:
-    polys: np.ndarray  # shapely Polygons, pixel frame
-    cls: np.ndarray    # int64 class of each polygon
-    sums: np.ndarray   # float64 sum of uint8 probabilities over the polygon's pixels (exact: integers < 2**53)
-    counts: np.ndarray  # int64 pixels counted in ``sums``
+class _Stitcher:
+    """Pieces of the bands joined across band borders; a region is closed (handed on whole, in canonical form) once
+    no piece of it touches the last band's bottom border."""
 
+    def __init__(self) -> None:
+        self.open = _Polys.empty()
+        self.group = np.empty(0, np.int64)  # the region (0..n-1) of each open piece
+        self.last_row: tuple[np.ndarray, np.ndarray] | None = None  # (values, keep) above the next border
+        self.pieces = self.stitched = 0
 
-def _polygonize(rows: _Rows, opts: _Options) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """Canonical polygons of the whole raster with class, probability sums and pixel counts; pieces; stitched."""
-    blocks: list[_Block] = []
-    links: list[np.ndarray] = []
-    offset = 0
-    prev_last: tuple[np.ndarray, np.ndarray] | None = None  # (values, keep) of the previous block's last row
-    prev_bottom = np.empty(0, np.int64)  # the previous block's pieces touching its bottom border (local indices)
-    for row0 in range(0, rows.height, opts.block_rows):
-        _check_cancel(opts.cancel)
-        n_rows = min(opts.block_rows, rows.height - row0)
-        values = rows.classes(row0, n_rows)
-        keep = _selected(values, opts)
-        block = _polygonize_block(values, keep, row0, rows)
-        bounds = shapely.bounds(block.polys).reshape(-1, 4)
-        if prev_last is not None:
-            prev_offset = offset - len(blocks[-1].polys)
-            links.append(_border_links(prev_last, (values[0], keep[0]), row0,
-                                       (blocks[-1].polys, prev_bottom, prev_offset),
-                                       (block.polys, np.flatnonzero(bounds[:, 1] == row0), offset)))
-        blocks.append(block)
-        prev_last = (values[-1].copy(), keep[-1].copy())
-        prev_bottom = np.flatnonzero(bounds[:, 3] == row0 + n_rows)
-        offset += len(block.polys)
-        if opts.progress is not None:
-            opts.progress(row0 + n_rows, rows.height)
-    if not blocks:
-        empty = np.empty(0, object)
-        return empty, np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64), 0, 0
-    polys = np.concatenate([b.polys for b in blocks])
-    cls = np.concatenate([b.cls for b in blocks])
-    sums = np.concatenate([b.sums for b in blocks])
-    counts = np.concatenate([b.counts for b in blocks])
-    n_pieces = len(polys)
-    links_arr = np.concatenate(links) if links else np.empty((0, 2), np.int64)
-    polys, cls, sums, counts, stitched = _stitch(polys, cls, sums, counts, links_arr)
-    polys, owner = _canonical(polys, stitched)
-    return polys, cls[owner], sums[owner], counts[owner], n_pieces, int(stitched.sum())
+    def add(self, block: _Polys, values: np.ndarray, keep: np.ndarray, row0: int) -> _Polys:
+        """The regions closed by this band (which starts at pixel row ``row0``)."""
+        self.pieces += len(block)
+        n_open = len(self.open)
+        pieces = _Polys.concat([self.open, block])
+        _, first = np.unique(self.group, return_index=True)
+        pairs = [np.stack([np.arange(n_open), first[self.group]], axis=1)]
+        if self.last_row is not None and n_open and len(block):
+            above = np.flatnonzero(shapely.bounds(self.open.polys).reshape(-1, 4)[:, 3] == row0)
+            below = np.flatnonzero(shapely.bounds(block.polys).reshape(-1, 4)[:, 1] == row0)
+            pairs.append(_border_links(self.last_row, (values[0], keep[0]), row0, (self.open.polys, above, 0),
+                                       (block.polys, below, n_open)))
+        label = _components(len(pieces), np.concatenate(pairs))
+        touching = shapely.bounds(pieces.polys).reshape(-1, 4)[:, 3] == row0 + len(values)
+        is_open = np.isin(label, label[touching])
+        self.open = pieces.take(is_open)
+        self.group = np.unique(label[is_open], return_inverse=True)[1].reshape(-1)
+        self.last_row = (values[-1].copy(), keep[-1].copy())
+        return self._close(pieces.take(~is_open), label[~is_open])
+
+    def close(self) -> _Polys:
+        """The regions still open at the raster's bottom."""
+        closed = self._close(self.open, self.group)
+        self.open, self.group = _Polys.empty(), np.empty(0, np.int64)
+        return closed
+
+    def open_boxes(self) -> np.ndarray:
+        """Bounding box (xmin, ymin, xmax, ymax) of each open region so far."""
+        if not len(self.open):
+            return np.empty((0, 4))
+        bounds = shapely.bounds(self.open.polys).reshape(-1, 4)
+        n = int(self.group.max()) + 1
+        lo = np.full((n, 2), np.inf)
+        hi = np.full((n, 2), -np.inf)
+        np.minimum.at(lo, self.group, bounds[:, :2])
+        np.maximum.at(hi, self.group, bounds[:, 2:])
+        return np.concatenate([lo, hi], axis=1)
+
+    def _close(self, pieces: _Polys, label: np.ndarray) -> _Polys:
+        if not len(pieces):
+            return _Polys.empty()
+        merged, stitched = _stitch(pieces, label)
+        self.stitched += int(stitched.sum())
+        polys, owner = _canonical(merged.polys, stitched)
+        return _Polys(polys, merged.cls[owner], merged.sums[owner], merged.counts[owner])
 
 
 def _selected(values: np.ndarray, opts: _Options) -> np.ndarray:
@@ -316,7 +519,7 @@ def _selected(values: np.ndarray, opts: _Options) -> np.ndarray:
     return keep
 
 
-def _polygonize_block(values: np.ndarray, keep: np.ndarray, row0: int, rows: _Rows) -> _Block:
+def _polygonize_block(values: np.ndarray, keep: np.ndarray, row0: int, rows: _Rows) -> _Polys:
     """GDAL's 4-connected polygons of one band of rows, in the pixel frame, with probability sums when asked."""
     pixels = osr.SpatialReference()
     pixels.SetLocalCS("pixels")  # the same (local) CRS on rasters and layer, so GDAL rasterizes without warning
@@ -331,9 +534,9 @@ def _polygonize_block(values: np.ndarray, keep: np.ndarray, row0: int, rows: _Ro
     polys = shapely.from_wkb(np.concatenate([b[geometry] for b in batches])) if batches else np.empty(0, object)
     cls = np.concatenate([b["class"] for b in batches]).astype(np.int64) if batches else np.empty(0, np.int64)
     if not rows.has_prob or not len(polys):
-        return _Block(polys, cls, np.zeros(len(polys)), np.zeros(len(polys), np.int64))
+        return _Polys(polys, cls, np.zeros(len(polys)), np.zeros(len(polys), np.int64))
     sums, counts = _prob_sums(_label_pieces(layer, values.shape, row0, pixels), cls, row0, rows)
-    return _Block(polys, cls, sums, counts)
+    return _Polys(polys, cls, sums, counts)
 
 
 def _mem_raster(array: np.ndarray, row0: int, srs: osr.SpatialReference) -> gdal.Dataset:
@@ -364,9 +567,8 @@ def _prob_sums(labels: np.ndarray, cls: np.ndarray, row0: int, rows: _Rows) -> t
     flat = labels.ravel()
     counts = np.bincount(flat, minlength=len(cls) + 1)[1:]
     sums = np.zeros(len(cls))
-    piece_cls = np.concatenate([[np.iinfo(np.int64).min], cls])[flat]
     for c in np.unique(cls):
-        inside = piece_cls == c
+        inside = np.r_[False, cls == c][flat]
         prob = rows.prob(row0, n_rows, int(c)).ravel()
         sums += np.bincount(flat[inside], weights=prob[inside].astype(np.float64), minlength=len(cls) + 1)[1:]
     return sums, counts
@@ -400,18 +602,17 @@ def _owner(points: np.ndarray, polys: np.ndarray, candidates: np.ndarray, offset
     return owner
 
 
-def _stitch(polys: np.ndarray, cls: np.ndarray, sums: np.ndarray, counts: np.ndarray,
-            links: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Union of each linked group of pieces (probability sums and counts add up), and which are such unions."""
-    _, first, group_of = np.unique(_components(len(polys), links), return_index=True, return_inverse=True)
-    merged = polys[first].copy()
+def _stitch(pieces: _Polys, label: np.ndarray) -> tuple[_Polys, np.ndarray]:
+    """Union of the pieces of each region (probability sums and counts add up), and which are such unions."""
+    _, first, group_of = np.unique(label, return_index=True, return_inverse=True)
+    group_of = group_of.reshape(-1)
+    merged = pieces.polys[first].copy()
     sizes = np.bincount(group_of, minlength=len(first))
-    by_group = np.argsort(group_of, kind="stable")
-    members = np.split(by_group, np.cumsum(sizes)[:-1])
+    members = np.split(np.argsort(group_of, kind="stable"), np.cumsum(sizes)[:-1])
     for g in np.flatnonzero(sizes > 1):
-        merged[g] = shapely.union_all(polys[members[g]])
-    return (merged, cls[first], np.bincount(group_of, weights=sums, minlength=len(first)),
-            np.bincount(group_of, weights=counts, minlength=len(first)).astype(np.int64), sizes > 1)
+        merged[g] = shapely.union_all(pieces.polys[members[g]])
+    return (_Polys(merged, pieces.cls[first], np.bincount(group_of, weights=pieces.sums, minlength=len(first)),
+                   np.bincount(group_of, weights=pieces.counts, minlength=len(first)).astype(np.int64)), sizes > 1)
 
 
 def _components(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -500,20 +701,14 @@ def _fill_small_holes(polys: np.ndarray, measure: "_Measure", min_area_m2: float
     return shapely.polygons(rings[~small], indices=owner[~small]), int(small.sum())
 
 
-def _reading_order(polys: np.ndarray, cls: np.ndarray) -> np.ndarray:
-    """Top to bottom, then left to right (centroids), then class, area and WKB: the same order for the same set."""
-    if not len(polys):
-        return np.empty(0, np.int64)
-    c = shapely.get_coordinates(shapely.centroid(polys))
-    area = shapely.area(polys)
-    wkb = shapely.to_wkb(polys)
-    return np.array(sorted(range(len(polys)), key=lambda i: (c[i, 1], c[i, 0], cls[i], area[i], wkb[i])), np.int64)
-
-
-def _near_pairs(polys: np.ndarray) -> np.ndarray:
-    """Pairs (i < j) of polygons whose bounding boxes meet: the only ones that can touch or interact when simplified
-    (removing vertices keeps an outline inside its bounding box)."""
-    i, j = shapely.STRtree(polys).query(polys)
+def _meeting_pairs(boxes: np.ndarray, reach: float) -> np.ndarray:
+    """Pairs (i < j) of bounding boxes (n, 4) that meet once grown by ``reach``: the only polygons that can touch or
+    interact when simplified (removing vertices keeps an outline inside its box) or regularized (an outline stays
+    within half the reach of its box)."""
+    if not len(boxes):
+        return np.empty((0, 2), np.int64)
+    grown = boxes + np.array([-reach, -reach, reach, reach])
+    i, j = shapely.STRtree(shapely.box(*boxes.T)).query(shapely.box(*grown.T))
     keep = i < j
     return np.stack([i[keep], j[keep]], axis=1)
 
@@ -607,6 +802,13 @@ def _regularize(polys: np.ndarray, px_m: tuple[float, float]) -> tuple[np.ndarra
     good = valid & (inter >= _MIN_IOU * union)
     ok[made_idx[good]] = True
     out[ok] = shapely.normalize(shapely.transform(regular[good], lambda p: p / scale))
+    raw_box, box = shapely.bounds(polys[ok]).reshape(-1, 4), shapely.bounds(out[ok]).reshape(-1, 4)
+    reach = np.array([-_REG_REACH_PX, -_REG_REACH_PX, _REG_REACH_PX, _REG_REACH_PX])
+    inside = np.all(box[:, :2] >= (raw_box + reach)[:, :2], axis=1) & np.all(box[:, 2:] <= (raw_box + reach)[:, 2:],
+                                                                              axis=1)
+    far = np.flatnonzero(ok)[~inside]
+    ok[far] = False
+    out[far] = None
     return out, ok
 
 

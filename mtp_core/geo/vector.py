@@ -13,6 +13,7 @@ import math
 import numbers
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -45,33 +46,81 @@ def write_vector(path: str | os.PathLike, geometries: Sequence[Any], attributes:
     multipolygons are all written as multipolygons; Z is dropped. ``crs_wkt`` is WKT or e.g. 'EPSG:32633' ('' for
     pixel coordinates; a GeoJSON without CRS reads back as WGS 84, so use .gpkg there). GeoJSON keeps a non-WGS 84
     CRS (RFC7946=NO), named by its EPSG code. Shapefile field names are cut to 10 characters by the format
-    (``perimeter_m`` becomes ``perimeter_``).
+    (``perimeter_m`` becomes ``perimeter_``). Features arriving in batches go through :class:`VectorWriter`.
     """
     path = Path(path)
-    driver = _driver_for(path)
     geoms = shapely.force_2d(np.array(list(geometries), dtype=object))
     columns = {name: _column(name, list(values), len(geoms)) for name, values in attributes.items()}
-    srs = _srs(crs_wkt) if crs_wkt else None
-    geometry_type = _geometry_type(geoms)
-    if driver == "ESRI Shapefile" and geometry_type == ogr.wkbUnknown:
-        raise GeoError(f"{path}: a shapefile holds one geometry type, these geometries mix several; write .gpkg")
-    promote = geometry_type == ogr.wkbMultiPolygon
-    wkbs = shapely.to_wkb(geoms)
-    with _atomic_files(path) as tmp:
-        ds = ogr.GetDriverByName(driver).CreateDataSource(str(tmp))
-        layer = ds.CreateLayer(layer_name or path.stem, srs, geometry_type, _LAYER_OPTIONS[driver])
-        for name, (ogr_type, values) in columns.items():
-            definition = ogr.FieldDefn(name, ogr_type)
-            if driver == "ESRI Shapefile" and ogr_type == ogr.OFTString:
-                longest = max((len(v.encode()) for v in values if v is not None), default=1)
-                definition.SetWidth(min(max(longest, 1), _SHAPEFILE_TEXT_WIDTH))
-            layer.CreateField(definition)
+    widths = {name: max((len(v.encode()) for v in values if v is not None), default=1)
+              for name, (ogr_type, values) in columns.items() if ogr_type == ogr.OFTString}
+    fields = {name: ogr_type for name, (ogr_type, _) in columns.items()}
+    with VectorWriter(path, fields, crs_wkt, _geometry_type(geoms), layer_name, widths) as writer:
+        writer.write_columns(geoms, [values for _, values in columns.values()])
+    return path
+
+
+class VectorWriter:
+    """A new vector file written batch by batch (features stream in, memory stays bounded) and moved into place
+    only when the ``with`` block ends without error; on error nothing is left behind.
+
+    ``fields``: name -> OGR field type (``ogr.OFTInteger``, ``ogr.OFTInteger64``, ``ogr.OFTReal``,
+    ``ogr.OFTString``). ``geometry_type``: the layer's OGR type; with ``ogr.wkbMultiPolygon`` polygons are promoted.
+    ``text_widths``: Shapefile text field widths (254, the format's limit, when not given).
+    """
+
+    def __init__(self, path: str | os.PathLike, fields: Mapping[str, int], crs_wkt: str,
+                 geometry_type: int = ogr.wkbPolygon, layer_name: str | None = None,
+                 text_widths: Mapping[str, int] | None = None) -> None:
+        self.path = Path(path)
+        self._driver = _driver_for(self.path)
+        if self._driver == "ESRI Shapefile" and geometry_type == ogr.wkbUnknown:
+            raise GeoError(f"{self.path}: a shapefile holds one geometry type, these geometries mix several; "
+                           "write .gpkg")
+        self._fields = dict(fields)
+        self._srs = _srs(crs_wkt) if crs_wkt else None
+        self._geometry_type = geometry_type
+        self._layer_name = layer_name or self.path.stem
+        self._widths = dict(text_widths or {})
+        self._atomic: contextlib.AbstractContextManager | None = None
+        self._ds: gdal.Dataset | None = None
+        self._layer: ogr.Layer | None = None
+        self.count = 0
+
+    def __enter__(self) -> "VectorWriter":
+        self._atomic = _atomic_files(self.path)
+        tmp = self._atomic.__enter__()
+        try:
+            self._ds = ogr.GetDriverByName(self._driver).CreateDataSource(str(tmp))
+            self._layer = self._ds.CreateLayer(self._layer_name, self._srs, self._geometry_type,
+                                               _LAYER_OPTIONS[self._driver])
+            for name, ogr_type in self._fields.items():
+                definition = ogr.FieldDefn(name, ogr_type)
+                if self._driver == "ESRI Shapefile" and ogr_type == ogr.OFTString:
+                    definition.SetWidth(min(max(self._widths.get(name, _SHAPEFILE_TEXT_WIDTH), 1),
+                                            _SHAPEFILE_TEXT_WIDTH))
+                self._layer.CreateField(definition)
+        except BaseException:
+            self._close(*sys.exc_info())
+            raise
+        return self
+
+    def write(self, geometries: Sequence[Any], attributes: Mapping[str, Sequence[Any]]) -> None:
+        """Appends features: shapely geometries and one value per geometry of every field (None for null)."""
+        geoms = shapely.force_2d(np.array(list(geometries), dtype=object))
+        if set(attributes) != set(self._fields):
+            raise GeoError(f"attributes {sorted(attributes)} do not match the fields {sorted(self._fields)}")
+        columns = [_typed(name, self._fields[name], list(attributes[name]), len(geoms)) for name in self._fields]
+        self.write_columns(geoms, columns)
+
+    def write_columns(self, geoms: np.ndarray, columns: Sequence[Sequence[Any]]) -> None:
+        """:meth:`write` for values already converted to plain Python (in field order)."""
+        layer = self._layer
         defn = layer.GetLayerDefn()
-        values = [column for _, column in columns.values()]
+        promote = self._geometry_type == ogr.wkbMultiPolygon
         layer.StartTransaction()
-        for i, wkb in enumerate(wkbs):
+        for i, wkb in enumerate(shapely.to_wkb(geoms)):
             feature = ogr.Feature(defn)
-            for j, column in enumerate(values):
+            for j, column in enumerate(columns):
                 if column[i] is None:
                     feature.SetFieldNull(j)
                 else:
@@ -81,8 +130,17 @@ def write_vector(path: str | os.PathLike, geometries: Sequence[Any], attributes:
                 feature.SetGeometry(ogr.ForceToMultiPolygon(geom) if promote else geom)
             layer.CreateFeature(feature)
         layer.CommitTransaction()
-        ds = None  # closes and flushes before the move
-    return path
+        self.count += len(geoms)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._close(*exc_info)
+
+    def _close(self, *exc_info: Any) -> None:
+        self._layer = None
+        self._ds = None  # closes and flushes before the move
+        atomic, self._atomic = self._atomic, None
+        if atomic is not None:
+            atomic.__exit__(*exc_info)
 
 
 def read_vector(path: str | os.PathLike,
@@ -167,6 +225,17 @@ def _column(name: str, values: list[Any], count: int) -> tuple[int, list[Any]]:
     if float in kinds:
         return ogr.OFTReal, [None if v is None or not math.isfinite(v) else float(v) for v in values]
     return (ogr.OFTInteger64 if np.int64 in kinds else ogr.OFTInteger), [None if v is None else int(v) for v in values]
+
+
+def _typed(name: str, ogr_type: int, values: list[Any], count: int) -> list[Any]:
+    """``values`` as plain Python values of a declared field type (None for null and NaN)."""
+    if len(values) != count:
+        raise GeoError(f"attribute {name!r} has {len(values)} values for {count} geometries; give one per geometry")
+    if ogr_type == ogr.OFTString:
+        return [None if v is None else str(v) for v in values]
+    if ogr_type == ogr.OFTReal:
+        return [None if v is None or not math.isfinite(v) else float(v) for v in values]
+    return [None if v is None else int(v) for v in values]
 
 
 #: shapely type id -> OGR geometry type (LinearRing, id 2, is written as a LineString)

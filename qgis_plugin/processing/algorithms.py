@@ -313,19 +313,17 @@ class VectorizeAlgorithm(MTPAlgorithm):
 
     def run_engine(self, parameters: dict[str, Any], context: QgsProcessingContext,
                    feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        from mtp_core.geo import write_vector
-        from mtp_core.vectorize import vectorize_raster
+        from mtp_core.vectorize import vectorize_raster_to_file
 
         mask = self.raster_source(parameters, "INPUT", context)
         probs = self.raster_source(parameters, "PROBABILITIES", context)
         output = self.output_path(parameters, "OUTPUT", context, VECTOR_SUFFIXES)
-        result = vectorize_raster(
-            mask, prob_raster_path=probs, source=Path(mask).name, cancel=feedback.isCanceled,
+        counts = vectorize_raster_to_file(
+            mask, output, prob_raster_path=probs, source=Path(mask).name, cancel=feedback.isCanceled,
             progress=lambda done, total: feedback.setProgress(100.0 * done / total if total else 100.0),
             **self.vector_options(parameters, context))
-        write_vector(output, result.geometries, result.attributes, result.crs_wkt, layer_name="buildings")
-        feedback.pushInfo(f"{len(result)} polygons -> {output}")
-        return {"OUTPUT": str(output), "POLYGONS": len(result)}
+        feedback.pushInfo(f"{counts['polygons']} polygons -> {output}")
+        return {"OUTPUT": str(output), "POLYGONS": counts["polygons"]}
 
 
 SCORE_FIELDS = (("area", QVariant.String), ("tp", QVariant.Int), ("fp", QVariant.Int), ("fn", QVariant.Int),

@@ -12,7 +12,18 @@ from shapely import Point, Polygon, affinity, box
 
 from mtp_core.progress import Cancelled
 from mtp_core.synthetic import rasterize_polygons, render_scene
-from mtp_core.vectorize import VectorizeCancelled, VectorResult, vectorize_array, vectorize_raster
+from mtp_core.geo import read_vector
+from mtp_core.vectorize import (
+    FIELDS,
+    VectorizeCancelled,
+    VectorResult,
+    _ArrayRows,
+    _options,
+    _Run,
+    vectorize_array,
+    vectorize_raster,
+    vectorize_raster_to_file,
+)
 
 GSD = 0.5
 ORIGIN = (500000.0, 4500000.0)
@@ -148,6 +159,39 @@ def test_same_output_whatever_block_rows(scene, options):
         assert len(got) == len(reference)
         assert all(shapely.equals_exact(a, b, tolerance=0.0) for a, b in zip(got.geometries, reference.geometries))
         assert got.attributes == reference.attributes
+
+
+def test_streamed_file_equals_in_memory_result_and_is_written_band_by_band(tmp_path, scene):
+    tall = np.concatenate([scene.mask] * 4)  # 1028 rows of buildings
+    classes = write_tif(tmp_path / "classes.tif", tall, GT, utm_wkt())
+    probs = write_tif(tmp_path / "probs.tif", np.full(tall.shape, 200, np.uint8), GT, utm_wkt())
+    options = dict(prob_raster_path=probs, block_rows=64, regularize=True, source="s.tif", model="m")
+    expected = vectorize_raster(classes, **options)
+    out = tmp_path / "out" / "buildings.gpkg"
+    counts = vectorize_raster_to_file(classes, out, **options)
+    assert counts == expected.counts and counts["polygons"] == len(expected) > 40
+    geoms, columns, crs = read_vector(out)
+    assert list(columns) == list(FIELDS) and columns == expected.attributes
+    assert all(shapely.equals_exact(a, b, tolerance=0.0) for a, b in zip(geoms, expected.geometries))
+    assert osr.SpatialReference(crs).GetAuthorityCode(None) == "32633"
+
+    # Polygons leave the run while bands are still being read: memory does not follow the raster's height.
+    read: list[int] = []
+    rows = _ArrayRows(tall, None)
+    run = _Run(rows, GT, utm_wkt(), _options(None, None, 64, 4.0, 0.25, False, "", "", lambda d, t: read.append(d),
+                                            None))
+    bands_read_at_chunk = [len(read) for _ in run.chunks()]
+    assert len(bands_read_at_chunk) > 8 and bands_read_at_chunk[0] <= 8
+    assert bands_read_at_chunk == sorted(bands_read_at_chunk)
+
+
+def test_cancelled_file_is_not_written(tmp_path, scene):
+    classes = write_tif(tmp_path / "classes.tif", scene.mask, GT, utm_wkt())
+    bands: list[int] = []
+    with pytest.raises(VectorizeCancelled):
+        vectorize_raster_to_file(classes, tmp_path / "b.gpkg", block_rows=64, progress=lambda d, t: bands.append(d),
+                                 cancel=lambda: len(bands) >= 3)
+    assert list(tmp_path.iterdir()) == [tmp_path / "classes.tif"]
 
 
 def test_projected_raster_file_places_polygons_on_the_map(tmp_path):
@@ -300,16 +344,10 @@ def test_progress_and_cancel(scene):
     vectorize_array(scene.mask, GT, utm_wkt(), block_rows=64, progress=lambda d, t: calls.append((d, t)))
     assert calls == [(64, 300), (128, 300), (192, 300), (256, 300), (300, 300)]
 
-    asked: list[int] = []
     calls.clear()
-
-    def cancel() -> bool:
-        asked.append(1)
-        return len(asked) > 2
-
-    with pytest.raises(VectorizeCancelled):
+    with pytest.raises(VectorizeCancelled):  # the user cancels after two bands: no third band is read
         vectorize_array(scene.mask, GT, utm_wkt(), block_rows=64, progress=lambda d, t: calls.append((d, t)),
-                        cancel=cancel)
+                        cancel=lambda: len(calls) >= 2)
     assert calls == [(64, 300), (128, 300)]
     assert issubclass(VectorizeCancelled, Cancelled)  # callers that catch any cancellation catch this one too
 
