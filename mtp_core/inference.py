@@ -87,22 +87,28 @@ class ArraySink:
             self.probs[:, y0 : y0 + classes.shape[0]] = probs
 
 
-class _RowAccumulator:
-    """Weighted probability sums for the raster rows [top, top + rows) that tiles in flight still touch."""
+_EMIT_PIXELS = 2**19  # pixels per chunk of finished rows turned into classes
 
-    def __init__(self, num_classes: int, width: int) -> None:
+
+class _RowAccumulator:
+    """Weighted probability sums for the raster rows [top, top + rows) that tiles in flight still touch.
+
+    Rows are written before the first tile of the next tile row is added, so at most one tile's height of rows is
+    held: the buffers are allocated once at that size and the rows left over move up in place (no growing copies).
+    Blend weights never reach zero, so a pixel is valid exactly where its weight sum is positive.
+    """
+
+    def __init__(self, num_classes: int, width: int, capacity: int) -> None:
         self.top = 0
-        self.prob = np.zeros((num_classes, 0, width), dtype=np.float32)
-        self.weight = np.zeros((0, width), dtype=np.float32)
-        self.valid = np.zeros((0, width), dtype=bool)
+        self.rows = 0  # rows in use, from ``top``
+        self.prob = np.zeros((num_classes, capacity, width), dtype=np.float32)
+        self.weight = np.zeros((capacity, width), dtype=np.float32)
 
     def _ensure(self, bottom: int) -> None:
-        missing = bottom - (self.top + self.weight.shape[0])
-        if missing > 0:
-            k, _, w = self.prob.shape
-            self.prob = np.concatenate([self.prob, np.zeros((k, missing, w), np.float32)], axis=1)
-            self.weight = np.concatenate([self.weight, np.zeros((missing, w), np.float32)])
-            self.valid = np.concatenate([self.valid, np.zeros((missing, w), bool)])
+        needed = bottom - self.top
+        if needed > self.weight.shape[0]:
+            raise RuntimeError(f"rows {self.top}..{bottom} do not fit the {self.weight.shape[0]}-row accumulator")
+        self.rows = max(self.rows, needed)
 
     def add(self, tile: Tile, probs: np.ndarray, weights: np.ndarray, valid: np.ndarray, height: int) -> None:
         h = min(tile.size, height - tile.y)
@@ -113,19 +119,27 @@ class _RowAccumulator:
         wv = weights[:h, :w] * valid[:h, :w]
         self.prob[:, rows, cols] += probs[:, :h, :w] * wv
         self.weight[rows, cols] += wv
-        self.valid[rows, cols] |= valid[:h, :w]
 
     def touch(self, tile: Tile, height: int) -> None:
         """A skipped (all-nodata) tile adds no probabilities but its rows must still be written (as nodata)."""
         self._ensure(min(tile.y + tile.size, height))
 
-    def pop(self, until: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def view(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """The sums of rows [top + start, top + stop), without copying."""
+        self._ensure(self.top + stop)
+        return self.prob[:, start:stop], self.weight[start:stop]
+
+    def drop(self, until: int) -> None:
+        """Forget the rows above ``until``; the rows below move up."""
         self._ensure(until)
         n = until - self.top
-        out = self.prob[:, :n], self.weight[:n], self.valid[:n]
-        self.prob, self.weight, self.valid = self.prob[:, n:], self.weight[n:], self.valid[n:]
+        for buffer in (self.prob, self.weight):
+            view = buffer if buffer.ndim == 3 else buffer[None]
+            for row in range(self.rows - n):  # row by row: source and destination never overlap
+                view[:, row] = view[:, row + n]
+            view[:, max(self.rows - n, 0):self.rows] = 0
+        self.rows = max(self.rows - n, 0)
         self.top = until
-        return out
 
 
 @dataclass(frozen=True)
@@ -252,26 +266,14 @@ class Predictor:
         """Predict every tile of ``source`` and stream finished rows into ``sink``."""
         grid = TileGrid(source.height, source.width, self.card.tile, self.overlap)
         weights = blend_weights(self.card.tile, self.overlap)
-        acc = _RowAccumulator(self.card.num_classes, source.width)
+        acc = _RowAccumulator(self.card.num_classes, source.width, min(self.card.tile, source.height))
         tiles = _prefetched(self._prepared_tiles(source, grid), depth=2 * self.batch_size) if prefetch \
             else self._prepared_tiles(source, grid)
         start, model_s = time.perf_counter(), 0.0
-        done = run = skipped = 0
+        done = run = skipped = flushed_skips = 0  # skipped tiles up to the last flush
         km2_per_tile = km2_per_pixel * source.height * source.width / max(len(grid), 1)
-        pending: list[tuple[Tile, np.ndarray, np.ndarray]] = []
+        pending: list[tuple[Tile, np.ndarray | None, np.ndarray]] = []  # in grid order, all-nodata tiles included
         finished_row = -1
-
-        def flush_batch() -> None:
-            nonlocal model_s, run
-            if not pending:
-                return
-            t0 = time.perf_counter()
-            probs = self.infer(np.stack([p[1] for p in pending]))
-            model_s += time.perf_counter() - t0
-            for (tile, _, valid), p in zip(pending, probs):
-                acc.add(tile, p, weights, valid, source.height)
-            run += len(pending)
-            pending.clear()
 
         def emit_rows_before(row: int) -> None:
             nonlocal finished_row
@@ -279,22 +281,36 @@ class Predictor:
                 self._emit(acc, grid.final_row(r), sink, want_probs)
             finished_row = max(finished_row, row - 1)
 
+        def flush() -> None:
+            """Run the pending tiles and add them in grid order; every tile row is complete (and its final rows
+            are written) before the next row's first tile is added."""
+            nonlocal model_s, run, flushed_skips
+            flushed_skips = skipped
+            batch = [data for _, data, _ in pending if data is not None]
+            if batch:
+                t0 = time.perf_counter()
+                probs = iter(self.infer(np.stack(batch)))
+                model_s += time.perf_counter() - t0
+                run += len(batch)
+            for tile, data, valid in pending:
+                emit_rows_before(tile.row)
+                if data is None:
+                    acc.touch(tile, source.height)
+                else:
+                    acc.add(tile, next(probs), weights, valid, source.height)
+            pending.clear()
+
         try:
             for tile, data, valid in tiles:
                 check_cancel(cancel)
-                if data is None:
-                    acc.touch(tile, source.height)
-                    skipped += 1
-                else:
-                    pending.append((tile, data, valid))
+                pending.append((tile, data, valid))
+                skipped += data is None
                 done += 1
-                if len(pending) >= self.batch_size:
-                    flush_batch()
+                if len(pending) - (skipped - flushed_skips) >= self.batch_size or len(pending) >= 4 * self.batch_size:
+                    flush()
                     if progress is not None:
                         progress(Progress(done, len(grid), time.perf_counter() - start, done * km2_per_tile))
-                if not pending:  # every tile so far has been run: the rows above this tile row are final
-                    emit_rows_before(tile.row)
-            flush_batch()
+            flush()
             emit_rows_before(len(grid.row_origins))
         finally:
             tiles.close()
@@ -304,17 +320,28 @@ class Predictor:
                         describe_device(self.device))
 
     def _emit(self, acc: _RowAccumulator, until: int, sink: RowSink, want_probs: bool) -> None:
+        """Classes (and probabilities) of the finished rows up to ``until``, in chunks of about half a million pixels,
+        so the temporary arrays stay small however wide the raster is."""
         y0 = acc.top
         if until <= y0:
             return
-        prob_sum, weight, valid = acc.pop(until)
+        chunk = max(1, _EMIT_PIXELS // acc.weight.shape[1])
+        for start in range(0, until - y0, chunk):
+            prob_sum, weight = acc.view(start, min(start + chunk, until - y0))
+            classes, probs = self.classify(prob_sum, weight)
+            sink.write_rows(y0 + start, classes, probs if want_probs else None)
+        acc.drop(until)
+
+    def classify(self, prob_sum: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Blended probabilities (K, h, w) from weighted sums, and classes: the card's threshold on the building
+        probability of a two-class model, else argmax; CLASS_NODATA where no valid pixel was seen (weight 0)."""
         probs = prob_sum / np.maximum(weight, 1e-12)
         if self.threshold is not None and probs.shape[0] == 2:
             classes = (probs[1] >= self.threshold).astype(np.uint8)
         else:
             classes = probs.argmax(axis=0).astype(np.uint8)
-        classes[~valid] = CLASS_NODATA
-        sink.write_rows(y0, classes, probs if want_probs else None)
+        classes[weight <= 0] = CLASS_NODATA
+        return classes, probs
 
     def predict_array(self, image: np.ndarray, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Classes (H, W) and probabilities (K, H, W) of an in-memory (H, W, C) image on the 0–255 scale."""

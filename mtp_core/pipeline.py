@@ -148,10 +148,14 @@ def extract_buildings(
     pixel_crs: bool = False,
     skip_existing: bool = False,
     vector_ext: str = ".gpkg",
+    source: str | None = None,
     progress: ProgressCallback = None,
     cancel: CancelCallback = None,
 ) -> JobResult:
-    """Predict, vectorize, write ``NAME_mask.tif`` and ``NAME_buildings.gpkg`` (and ``NAME_prob.tif``)."""
+    """Predict, vectorize, write ``NAME_mask.tif`` and ``NAME_buildings.gpkg`` (and ``NAME_prob.tif``).
+
+    ``source``: the polygons' ``source`` attribute (the raster's file name unless given, e.g. when ``raster`` is a
+    temporary cut-out of the raster the user chose)."""
     raster = Path(raster)
     mask_path, vector_path, prob_path = output_paths(raster, out_dir, vector_ext)
     if skip_existing and mask_path.exists() and vector_path.exists():
@@ -168,8 +172,8 @@ def extract_buildings(
         try:
             counts = vectorize_raster_to_file(
                 mask_path, vector_path, prob_raster_path=str(probs), min_area_m2=min_area_m2, simplify_m=simplify_m,
-                regularize=regularize, source=raster.name, model=predictor.card.description or
-                predictor.card.architecture, cancel=cancel,
+                regularize=regularize, source=raster.name if source is None else source,
+                model=predictor.card.description or predictor.card.architecture, cancel=cancel,
             )
         except BaseException:
             mask_path.unlink(missing_ok=True)  # the job's outputs exist together or not at all

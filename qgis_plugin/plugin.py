@@ -1,4 +1,5 @@
-"""The plugin object QGIS loads: menu and toolbar entries and the Processing provider, removed again on unload."""
+"""The plugin object QGIS loads: menu and toolbar entries, the dock and the Processing provider, all removed again on
+unload. The dock is made the first time its action is used, so it never opens by itself when QGIS starts."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction, QMessageBox
 
+from .dock import MTPDock
 from .environment import check_dependencies, environment_report
 from .processing import MTPProvider
 
@@ -20,6 +22,8 @@ class MTPPlugin:
         self.iface = iface
         self.actions: list[QAction] = []
         self.provider: MTPProvider | None = None
+        self.dock: MTPDock | None = None
+        self.dock_action: QAction | None = None
 
     def initProcessing(self) -> None:  # noqa: N802  (QGIS API: qgis_process calls only this one)
         if self.provider is None:
@@ -29,26 +33,47 @@ class MTPPlugin:
     def initGui(self) -> None:  # noqa: N802  (QGIS API)
         self.initProcessing()
         icon = QIcon(os.path.join(os.path.dirname(__file__), "icon.svg"))
+        self.dock_action = QAction(icon, "Segment raster (MTP dock)", self.iface.mainWindow())
+        self.dock_action.setObjectName("mtpDockAction")
+        self.dock_action.setToolTip("Show or hide the MTP dock: segment a raster layer into buildings")
+        self.dock_action.setCheckable(True)
+        self.dock_action.toggled.connect(self.show_dock)
         action = QAction(icon, "MTP environment…", self.iface.mainWindow())
         action.setObjectName("mtpEnvironmentAction")
         action.setToolTip("Versions, the compute device used by MTP, or what to install")
         action.triggered.connect(self.show_environment)
-        self.iface.addPluginToRasterMenu(MENU, action)
-        self.iface.addToolBarIcon(action)
-        self.actions.append(action)
+        for entry in (self.dock_action, action):
+            self.iface.addPluginToRasterMenu(MENU, entry)
+            self.iface.addToolBarIcon(entry)
+            self.actions.append(entry)
         status = check_dependencies()
         if not status.ok:
             QgsMessageLog.logMessage(environment_report(), LOG_TAG, Qgis.Warning)
 
     def unload(self) -> None:
+        if self.dock is not None:
+            self.dock.shutdown()
+            self.iface.removeDockWidget(self.dock)
+            self.dock.deleteLater()
+            self.dock = None
         for action in self.actions:
             self.iface.removePluginRasterMenu(MENU, action)
             self.iface.removeToolBarIcon(action)
             action.deleteLater()
         self.actions.clear()
+        self.dock_action = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)  # the registry deletes it
             self.provider = None
+
+    def show_dock(self, visible: bool) -> None:
+        if self.dock is None:
+            if not visible:
+                return
+            self.dock = MTPDock(self.iface, self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+            self.dock.visibilityChanged.connect(self.dock_action.setChecked)
+        self.dock.setVisible(visible)
 
     def show_environment(self) -> None:
         report = environment_report()

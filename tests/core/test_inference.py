@@ -97,17 +97,18 @@ def test_batching_and_prefetch_do_not_change_the_result() -> None:
 
 
 def test_memory_follows_width_not_height(monkeypatch) -> None:
-    largest = []
+    held = []
     original = inference._RowAccumulator._ensure
 
     def spy(self, bottom):
         original(self, bottom)
-        largest.append(self.weight.shape[0])
+        held.append((self.rows, self.weight.shape[0]))
 
     monkeypatch.setattr(inference._RowAccumulator, "_ensure", spy)
     predictor(batch=4).predict_array(smooth_image(1200, 100))
-    # 2 tiles per row, batch 4: at most 2 tile rows in flight beyond the one being finished
-    assert max(largest) <= 64 + 3 * 48
+    # 2 tiles per row, batch 4 (two tile rows per batch): rows are written before the next tile row is added, so one
+    # tile's height (64 rows) is all that is ever held, in buffers allocated once
+    assert max(rows for rows, _ in held) == 64 and {capacity for _, capacity in held} == {64}
 
 
 def test_nodata_tiles_are_skipped_and_stay_nodata() -> None:

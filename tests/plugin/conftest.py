@@ -1,7 +1,11 @@
-"""Real QGIS, headless: one QgsApplication for the plugin tests (QT_QPA_PLATFORM=offscreen, no display)."""
+"""Real QGIS, headless: one QgsApplication for the plugin tests (QT_QPA_PLATFORM=offscreen, no display).
+
+QGIS settings go to a temporary folder for the whole session, so no test reads or writes the user's QGIS profile.
+"""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 
@@ -10,12 +14,17 @@ os.environ.setdefault("XDG_RUNTIME_DIR", os.path.join(tempfile.gettempdir(), f"r
 
 import pytest  # noqa: E402
 from qgis.core import QgsApplication  # noqa: E402
-from qgis.PyQt.QtWidgets import QMainWindow, QMenu, QToolBar  # noqa: E402
+from qgis.gui import QgsMapCanvas, QgsMessageBar  # noqa: E402
+from qgis.PyQt.QtCore import QSettings  # noqa: E402
+from qgis.PyQt.QtWidgets import QMainWindow, QMenu, QToolBar, QVBoxLayout, QWidget  # noqa: E402
 
 QgsApplication.setPrefixPath("/usr", True)
 _APP = QgsApplication([], True)
 _APP.initQgis()
 sys.path.append(os.path.join(QgsApplication.pkgDataPath(), "python", "plugins"))
+SETTINGS_DIR = tempfile.mkdtemp(prefix="mtp-qgis-settings-")
+for _format in (QSettings.NativeFormat, QSettings.IniFormat):  # after initQgis, which points them at the profile
+    QSettings.setPath(_format, QSettings.UserScope, SETTINGS_DIR)
 
 
 class MainWindowInterface:
@@ -27,12 +36,40 @@ class MainWindowInterface:
 
     def __init__(self) -> None:
         self._main = QMainWindow()
+        self._main.resize(1000, 700)
         self.raster_menu = QMenu("&Raster", self._main)
         self.toolbar = QToolBar("Plugins", self._main)
         self._plugin_menus: dict[str, QMenu] = {}
+        self.active_layer = None
+        centre = QWidget(self._main)
+        column = QVBoxLayout(centre)
+        self._message_bar = QgsMessageBar(centre)
+        self._canvas = QgsMapCanvas(centre)
+        column.addWidget(self._message_bar)
+        column.addWidget(self._canvas)
+        self._main.setCentralWidget(centre)
 
     def mainWindow(self) -> QMainWindow:  # noqa: N802
         return self._main
+
+    def mapCanvas(self) -> QgsMapCanvas:  # noqa: N802
+        return self._canvas
+
+    def messageBar(self) -> QgsMessageBar:  # noqa: N802
+        return self._message_bar
+
+    def statusBarIface(self):  # noqa: N802  (QGIS's has the same showMessage(text, timeout))
+        return self._main.statusBar()
+
+    def setActiveLayer(self, layer) -> bool:  # noqa: N802
+        self.active_layer = layer
+        return True
+
+    def addDockWidget(self, area, dock) -> None:  # noqa: N802
+        self._main.addDockWidget(area, dock)
+
+    def removeDockWidget(self, dock) -> None:  # noqa: N802
+        self._main.removeDockWidget(dock)
 
     def addPluginToRasterMenu(self, name: str, action) -> None:  # noqa: N802
         menu = self._plugin_menus.get(name) or self.raster_menu.addMenu(name)
@@ -56,9 +93,13 @@ class MainWindowInterface:
 
 @pytest.fixture(scope="session")
 def qgis_app() -> QgsApplication:
-    return _APP
+    yield _APP
+    shutil.rmtree(SETTINGS_DIR, ignore_errors=True)
 
 
 @pytest.fixture
 def iface(qgis_app) -> MainWindowInterface:
-    return MainWindowInterface()
+    interface = MainWindowInterface()
+    yield interface
+    interface.mapCanvas().stopRendering()
+    interface.mainWindow().close()

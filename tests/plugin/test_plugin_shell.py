@@ -11,7 +11,7 @@ from qgis_plugin.environment import check_dependencies, environment_report
 def test_load_adds_menu_and_toolbar_entries_and_unload_removes_them(iface) -> None:
     plugin = qgis_plugin.classFactory(iface)
     plugin.initGui()
-    assert [a.objectName() for a in iface.toolbar.actions()] == ["mtpEnvironmentAction"]
+    assert [a.objectName() for a in iface.toolbar.actions()] == ["mtpDockAction", "mtpEnvironmentAction"]
     assert [m.text() for m in iface.raster_menu.actions()] == ["&MTP for QGIS"]
     plugin.unload()
     assert iface.toolbar.actions() == [] and iface.raster_menu.actions() == []
@@ -35,7 +35,7 @@ def test_without_torch_the_menus_load_and_say_what_to_install(iface, monkeypatch
     assert "Install with:" in environment_report()
     plugin = qgis_plugin.classFactory(iface)
     plugin.initGui()
-    assert len(iface.toolbar.actions()) == 1
+    assert len(iface.toolbar.actions()) == 2
     plugin.unload()
 
 
