@@ -158,7 +158,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         result = extract_buildings(
             predictor, raster, args.out, bands=_bands(args.bands), probabilities=args.probabilities,
             min_area_m2=args.min_area, simplify_m=args.simplify, regularize=args.regularize,
-            pixel_crs=args.pixel_crs, skip_existing=not args.overwrite, vector_ext=f".{args.format}",
+            pixel_crs=args.pixel_crs, nodata=args.nodata, skip_existing=not args.overwrite,
+            vector_ext=f".{args.format}",
             progress=_print_progress(raster.name),
         )
         if result.prediction is None:
@@ -238,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--regularize", action="store_true", help="right-angled building outlines")
     pred.add_argument("--probabilities", action="store_true", help="also write NAME_prob.tif (uint8, P x 255)")
     pred.add_argument("--pixel-crs", action="store_true", help="accept rasters without georeference (pixel units)")
+    pred.add_argument("--nodata", type=float, default=None,
+                      help="band value to treat as nodata where the raster declares none, e.g. 0 for the black fill "
+                           "around imagery (not segmented, nodata in the outputs)")
     pred.add_argument("--format", choices=("gpkg", "geojson", "shp"), default="gpkg", help="polygon file format")
     pred.add_argument("--shard", default=None, help="K/N: process every N-th raster from K (default: Slurm array / "
                                                     "torchrun environment)")

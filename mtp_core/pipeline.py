@@ -85,10 +85,35 @@ def predict_raster(
     *,
     bands: Sequence[int] | None = None,
     pixel_crs: bool = False,
+    nodata: float | None = None,
     progress: ProgressCallback = None,
     cancel: CancelCallback = None,
 ) -> RasterPrediction:
-    """Class raster (uint8, nodata 255) and optional probabilities on the raster's own grid, written atomically."""
+    """Class raster (uint8, nodata 255) and optional probabilities on the raster's own grid, written atomically.
+
+    ``nodata``: a band value to treat as nodata, for rasters that do not declare one (e.g. the black fill around
+    imagery): those pixels are not segmented and stay nodata in the outputs."""
+    mask_path, prob_path = Path(mask_path), Path(prob_path) if prob_path else None
+    with tempfile.TemporaryDirectory(dir=mask_path.parent, prefix=".mtp-") as tmp:
+        if nodata is not None:
+            describe_raster(raster, allow_pixel_crs=pixel_crs)  # a missing or unreadable raster is explained first
+            raster = with_nodata(raster, nodata, Path(tmp) / "nodata.vrt")
+        return _predict_raster(predictor, raster, mask_path, prob_path, Path(tmp), bands=bands, pixel_crs=pixel_crs,
+                               progress=progress, cancel=cancel)
+
+
+def with_nodata(raster: str | Path, nodata: float, vrt: Path) -> Path:
+    """A VRT of ``raster`` whose every band has ``nodata`` as its nodata value."""
+    try:
+        gdal.Translate(str(vrt), str(raster), format="VRT", noData=float(nodata))
+    except RuntimeError as exc:
+        raise GeoError(f"cannot read {raster}: {exc}; check the file") from exc
+    return vrt
+
+
+def _predict_raster(predictor: Predictor, raster: str | Path, mask_path: Path, prob_path: Path | None, tmp: Path, *,
+                    bands: Sequence[int] | None, pixel_crs: bool, progress: ProgressCallback,
+                    cancel: CancelCallback) -> RasterPrediction:
     card = predictor.card
     info = describe_raster(raster, allow_pixel_crs=pixel_crs)
     chosen = check_bands(info, bands or card.bands, len(card.mean))
@@ -96,26 +121,24 @@ def predict_raster(
     scaler = (BandScaler.fixed(card.band_ranges) if card.band_ranges
               else BandScaler.fit(plan.dataset, chosen, info.nodata))
     source = RasterSource(plan, chosen, scaler)
-    mask_path, prob_path = Path(mask_path), Path(prob_path) if prob_path else None
     if not info.has_georeference:
         km2_per_pixel = 0.0
     else:  # ground area: the model grid's pixel when warped, else the source's (measured in metres, any CRS)
         km2_per_pixel = (card.gsd_m**2 if plan.warped else info.pixel_size_m[0] * info.pixel_size_m[1]) / 1e6
-    with tempfile.TemporaryDirectory(dir=mask_path.parent, prefix=".mtp-") as tmp:
-        grid_mask = Path(tmp) / "mask.tif" if plan.warped else mask_path
-        grid_prob = (Path(tmp) / "prob.tif" if plan.warped else prob_path) if prob_path else None
-        grid = dict(width=plan.width, height=plan.height, geotransform=plan.geotransform, crs_wkt=plan.crs_wkt)
-        with contextlib.ExitStack() as outputs:  # on any error every writer removes its temporary file
-            mask_out = outputs.enter_context(
-                GeoTiffWriter(grid_mask, band_count=1, dtype="uint8", nodata=CLASS_NODATA, **grid))
-            prob_out = outputs.enter_context(
-                GeoTiffWriter(grid_prob, band_count=card.num_classes - 1, dtype="uint8", **grid)) if grid_prob else None
-            stats = predictor.run(source, GeoTiffSink(mask_out, prob_out), want_probs=prob_out is not None,
-                                  progress=progress, cancel=cancel, km2_per_pixel=km2_per_pixel)
-        if plan.warped:
-            warp_to_grid(grid_mask, mask_path, like=info, resampling="nearest")
-            if prob_path and grid_prob:
-                warp_to_grid(grid_prob, prob_path, like=info, resampling="bilinear")
+    grid_mask = tmp / "mask.tif" if plan.warped else mask_path
+    grid_prob = (tmp / "prob.tif" if plan.warped else prob_path) if prob_path else None
+    grid = dict(width=plan.width, height=plan.height, geotransform=plan.geotransform, crs_wkt=plan.crs_wkt)
+    with contextlib.ExitStack() as outputs:  # on any error every writer removes its temporary file
+        mask_out = outputs.enter_context(
+            GeoTiffWriter(grid_mask, band_count=1, dtype="uint8", nodata=CLASS_NODATA, **grid))
+        prob_out = outputs.enter_context(
+            GeoTiffWriter(grid_prob, band_count=card.num_classes - 1, dtype="uint8", **grid)) if grid_prob else None
+        stats = predictor.run(source, GeoTiffSink(mask_out, prob_out), want_probs=prob_out is not None,
+                              progress=progress, cancel=cancel, km2_per_pixel=km2_per_pixel)
+    if plan.warped:
+        warp_to_grid(grid_mask, mask_path, like=info, resampling="nearest")
+        if prob_path and grid_prob:
+            warp_to_grid(grid_prob, prob_path, like=info, resampling="bilinear")
     return RasterPrediction(mask_path, prob_path, info, plan.warped, stats, km2_per_pixel * plan.width * plan.height)
 
 
@@ -149,6 +172,7 @@ def extract_buildings(
     skip_existing: bool = False,
     vector_ext: str = ".gpkg",
     source: str | None = None,
+    nodata: float | None = None,
     progress: ProgressCallback = None,
     cancel: CancelCallback = None,
 ) -> JobResult:
@@ -168,7 +192,7 @@ def extract_buildings(
         # probabilities give each polygon its score; kept only when asked for
         probs = prob_path if probabilities else Path(tmp) / "prob.tif"
         prediction = predict_raster(predictor, raster, mask_path, probs, bands=bands, pixel_crs=pixel_crs,
-                                    progress=progress, cancel=cancel)
+                                    nodata=nodata, progress=progress, cancel=cancel)
         try:
             counts = vectorize_raster_to_file(
                 mask_path, vector_path, prob_raster_path=str(probs), min_area_m2=min_area_m2, simplify_m=simplify_m,

@@ -68,6 +68,16 @@ def parse_bands(text: str) -> tuple[int, ...] | None:
         raise ValueError(f"Bands {text!r}: give band numbers separated by commas, e.g. 3,2,1") from None
 
 
+def parse_nodata(text: str) -> float | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"Nodata value {text!r}: give a number, e.g. 0, or leave it empty") from None
+
+
 def raster_source(layer: QgsMapLayer) -> str:
     """The GDAL dataset name the engine reads for a raster layer."""
     if layer.providerType() != "gdal":
@@ -85,6 +95,7 @@ class MTPDock(QDockWidget):
         self.setObjectName("MTPDock")  # QGIS saves docks' places by object name
         self.iface = iface
         self.predictors = PredictorCache()
+        self._scratch = tempfile.TemporaryDirectory(prefix="mtp-dock-")  # the click tool's nodata VRTs
         self.task: SegmentTask | None = None
         self.dependencies = check_dependencies()
         self._build()
@@ -114,6 +125,10 @@ class MTPDock(QDockWidget):
         self.bands_edit = QLineEdit()
         self.bands_edit.setPlaceholderText("the model's own, or e.g. 3,2,1")
         form.addRow("Bands (as R,G,B)", self.bands_edit)
+        self.nodata_edit = QLineEdit()
+        self.nodata_edit.setPlaceholderText("the raster's own, or e.g. 0 for black fill")
+        self.nodata_edit.setToolTip("pixels with this value in every band are not segmented and stay nodata")
+        form.addRow("Nodata value", self.nodata_edit)
 
         self.model_combo = self._choices(MODEL_CHOICES)
         form.addRow("Model", self.model_combo)
@@ -300,6 +315,7 @@ class MTPDock(QDockWidget):
         self.overlap_spin.setValue(values.overlap)
         self.threshold_spin.setValue(values.threshold)
         self.bands_edit.setText(values.bands)
+        self.nodata_edit.setText(values.nodata)
         self.min_area_spin.setValue(values.min_area_m2)
         self.simplify_spin.setValue(values.simplify_m)
         self.regularize_check.setChecked(values.regularize)
@@ -315,6 +331,7 @@ class MTPDock(QDockWidget):
             area=self.area_combo.currentData(), selected_only=self.selected_only_check.isChecked(),
             device=self.device_combo.currentData(), batch_size=self.batch_spin.value(),
             overlap=self.overlap_spin.value(), threshold=self.threshold_spin.value(), bands=self.bands_edit.text(),
+            nodata=self.nodata_edit.text(),
             min_area_m2=self.min_area_spin.value(), simplify_m=self.simplify_spin.value(),
             regularize=self.regularize_check.isChecked(), output_folder=self.output_widget.filePath())
 
@@ -331,6 +348,10 @@ class MTPDock(QDockWidget):
     def bands(self) -> tuple[int, ...] | None:
         """The raster bands fed as the model's R, G, B (None: the model card's own)."""
         return parse_bands(self.bands_edit.text())
+
+    def nodata(self) -> float | None:
+        """The band value treated as nodata (None: the raster's own nodata)."""
+        return parse_nodata(self.nodata_edit.text())
 
     def model_spec(self) -> ModelSpec:
         """The chosen model and device as plain data (a :class:`PredictorCache` key)."""
@@ -364,7 +385,7 @@ class MTPDock(QDockWidget):
             raster=raster, layer_name=layer.name(), model=self.model_spec(),
             out_folder=values.output_folder or str(default_output_folder()),
             run_name=f"{Path(raster).stem}_{now:%Y%m%d-%H%M%S}", group_name=f"MTP {layer.name()} {now:%H:%M:%S}",
-            bands=self.bands(), bounds=bounds, polygons=polygons, min_area_m2=values.min_area_m2,
+            bands=self.bands(), nodata=self.nodata(), bounds=bounds, polygons=polygons, min_area_m2=values.min_area_m2,
             simplify_m=values.simplify_m, regularize=values.regularize)
 
     # ------------------------------------------------------------------------------------------ click a roof
@@ -395,15 +416,20 @@ class MTPDock(QDockWidget):
             raise ValueError("install PyTorch first: the command is at the top of the dock")
         layer = self.raster_layer()
         raster = raster_source(layer)
-        spec, bands, values = self.model_spec(), self.bands(), self.current_settings()
+        spec, bands, nodata, values = self.model_spec(), self.bands(), self.nodata(), self.current_settings()
         predictors = self.predictors
+        nodata_vrt = Path(self._scratch.name) / f"{Path(raster).stem}_nodata.vrt"
         self.save_settings()
 
         def make_segmenter():
             from mtp_core.click import ClickSegmenter
+            from mtp_core.pipeline import with_nodata
 
-            return ClickSegmenter(predictors.get(spec), raster, bands=bands, min_area_m2=values.min_area_m2,
-                                  simplify_m=values.simplify_m, regularize=values.regularize)
+            source = raster if nodata is None else str(with_nodata(raster, nodata, nodata_vrt))
+            segmenter = ClickSegmenter(predictors.get(spec), source, bands=bands, min_area_m2=values.min_area_m2,
+                                       simplify_m=values.simplify_m, regularize=values.regularize)
+            segmenter.source_name = Path(raster).name  # the layer's file, not the VRT
+            return segmenter
 
         status = self.iface.statusBarIface()
         return ClickSegmentTool(self.iface.mapCanvas(), layer, make_segmenter, self.target_combo.currentLayer(),
@@ -474,3 +500,4 @@ class MTPDock(QDockWidget):
             self.task = None
         self.click_button.setChecked(False)  # leaves the map tool
         self.predictors.clear()
+        self._scratch.cleanup()

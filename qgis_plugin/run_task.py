@@ -64,6 +64,7 @@ class RunRequest:
     run_name: str  # the folder of this run's outputs inside out_folder, e.g. scene_20261126-140312
     group_name: str  # the layer-tree group of its layers, e.g. "MTP scene 14:03:12"
     bands: tuple[int, ...] | None = None
+    nodata: float | None = None  # a band value treated as nodata (None: the raster's own)
     bounds: Bounds | None = None  # a part of the raster (its CRS), or the whole raster
     polygons: str | None = None  # WKT in the raster's CRS: only pixels inside are segmented
     min_area_m2: float = 4.0
@@ -134,10 +135,10 @@ class SegmentTask(QgsTask):
         if request.bounds is not None or request.polygons is not None:
             raster = clip_raster(raster, work / "area" / f"{Path(raster).stem}.vrt", request.bounds, request.polygons)
         started = time.perf_counter()
-        result = extract_buildings(
-            predictor, raster, work / "out", bands=request.bands, min_area_m2=request.min_area_m2,
-            simplify_m=request.simplify_m, regularize=request.regularize, progress=self._report,
-            cancel=self.isCanceled, source=Path(request.raster).name)  # the layer's file, not the VRT of its area
+        result = extract_buildings(  # ``source``: the layer's file, not the VRT of its area
+            predictor, raster, work / "out", bands=request.bands, nodata=request.nodata,
+            min_area_m2=request.min_area_m2, simplify_m=request.simplify_m, regularize=request.regularize,
+            progress=self._report, cancel=self.isCanceled, source=Path(request.raster).name)
         final = free_name(out / request.run_name)
         os.replace(work / "out", final)
         stats = result.prediction.stats

@@ -31,6 +31,7 @@ class DockSettings:
     overlap: int = -1
     threshold: float = 0.0
     bands: str = ""
+    nodata: str = ""  # a band value to treat as nodata ("": the raster's own)
     min_area_m2: float = 4.0
     simplify_m: float = 0.25
     regularize: bool = False

@@ -65,6 +65,7 @@ _CLI_WORDS = (
     (re.compile(r"--bands (\d[\d,]*)"), r"BANDS=\1"),
     (re.compile(r"--bands\b"), "BANDS"),
     (re.compile(r"--pixel-crs\b"), "PIXEL_CRS=true"),
+    (re.compile(r"--nodata\b"), "NODATA"),
     (re.compile(r"--device cpu\b"), "DEVICE=cpu"),
 )
 
@@ -146,6 +147,9 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
             "BANDS", "Bands fed as the model's R,G,B, e.g. 3,2,1 (empty: the model's own)", optional=True))
         self.addParameter(advanced(QgsProcessingParameterBoolean(
             "PIXEL_CRS", "Accept a raster without georeference (areas in pixel units)", False)))
+        self.addParameter(advanced(QgsProcessingParameterNumber(
+            "NODATA", "Treat this band value as nodata (e.g. 0 for black fill; empty: the raster's own)",
+            QgsProcessingParameterNumber.Double, optional=True)))
 
     def add_vector_options(self) -> None:
         self.addParameter(QgsProcessingParameterNumber(
@@ -178,6 +182,12 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
                 f"{name}: MTP writes {', '.join(suffixes)} files, not {value}; choose 'Save to File…' with one of "
                 "these extensions")
         return path
+
+    def nodata(self, parameters: dict[str, Any], context: QgsProcessingContext) -> float | None:
+        """NODATA, or None when it is not set (``parameterAsDouble`` would give 0 for that)."""
+        if parameters.get("NODATA") in (None, ""):
+            return None
+        return self.parameterAsDouble(parameters, "NODATA", context)
 
     def bands(self, parameters: dict[str, Any], context: QgsProcessingContext) -> tuple[int, ...] | None:
         text = self.parameterAsString(parameters, "BANDS", context).strip()
@@ -247,7 +257,7 @@ class SegmentAlgorithm(MTPAlgorithm):
         prediction = predict_raster(
             predictor, raster, mask, probs, bands=self.bands(parameters, context),
             pixel_crs=self.parameterAsBoolean(parameters, "PIXEL_CRS", context),
-            progress=tile_progress(feedback), cancel=feedback.isCanceled)
+            nodata=self.nodata(parameters, context), progress=tile_progress(feedback), cancel=feedback.isCanceled)
         feedback.pushInfo(f"{run_summary(prediction.stats, prediction.km2)} -> {mask}")
         return {"OUTPUT": str(mask), "PROBABILITIES": str(probs) if probs else None}
 
@@ -282,7 +292,8 @@ class ExtractBuildingsAlgorithm(MTPAlgorithm):
         with tempfile.TemporaryDirectory(dir=output.parent, prefix=".mtp-") as tmp:
             result = extract_buildings(
                 predictor, raster, tmp, bands=self.bands(parameters, context),
-                pixel_crs=self.parameterAsBoolean(parameters, "PIXEL_CRS", context), progress=tile_progress(feedback),
+                pixel_crs=self.parameterAsBoolean(parameters, "PIXEL_CRS", context),
+                nodata=self.nodata(parameters, context), progress=tile_progress(feedback),
                 cancel=feedback.isCanceled, **self.vector_options(parameters, context))
             if mask is not None:
                 shutil.move(result.mask_path, mask)
