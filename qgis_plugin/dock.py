@@ -176,7 +176,6 @@ class MTPDock(QDockWidget):
         self.run_button.setObjectName("mtpRunButton")
         self.run_button.clicked.connect(self.start)
         column.addWidget(self.run_button)
-        column.addWidget(self._click_panel())
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 100)
         column.addWidget(self.progress_bar)
@@ -184,6 +183,7 @@ class MTPDock(QDockWidget):
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         column.addWidget(self.status_label)
+        column.addWidget(self._click_panel())
         column.addStretch(1)
 
         scroll = QScrollArea()
