@@ -91,18 +91,19 @@ _EMIT_PIXELS = 2**19  # pixels per chunk of finished rows turned into classes
 
 
 class _RowAccumulator:
-    """Weighted probability sums for the raster rows [top, top + rows) that tiles in flight still touch.
+    """Weighted probability sums for the raster rows [top, top + rows) that tiles in flight still touch, on the
+    model's device (tiles' probabilities never leave the GPU; only finished classes come back).
 
     Rows are written before the first tile of the next tile row is added, so at most one tile's height of rows is
     held: the buffers are allocated once at that size and the rows left over move up in place (no growing copies).
     Blend weights never reach zero, so a pixel is valid exactly where its weight sum is positive.
     """
 
-    def __init__(self, num_classes: int, width: int, capacity: int) -> None:
+    def __init__(self, num_classes: int, width: int, capacity: int, device: torch.device) -> None:
         self.top = 0
         self.rows = 0  # rows in use, from ``top``
-        self.prob = np.zeros((num_classes, capacity, width), dtype=np.float32)
-        self.weight = np.zeros((capacity, width), dtype=np.float32)
+        self.prob = torch.zeros((num_classes, capacity, width), dtype=torch.float32, device=device)
+        self.weight = torch.zeros((capacity, width), dtype=torch.float32, device=device)
 
     def _ensure(self, bottom: int) -> None:
         needed = bottom - self.top
@@ -110,7 +111,7 @@ class _RowAccumulator:
             raise RuntimeError(f"rows {self.top}..{bottom} do not fit the {self.weight.shape[0]}-row accumulator")
         self.rows = max(self.rows, needed)
 
-    def add(self, tile: Tile, probs: np.ndarray, weights: np.ndarray, valid: np.ndarray, height: int) -> None:
+    def add(self, tile: Tile, probs: torch.Tensor, weights: torch.Tensor, valid: torch.Tensor, height: int) -> None:
         h = min(tile.size, height - tile.y)
         w = min(tile.size, self.weight.shape[1] - tile.x)
         self._ensure(tile.y + h)
@@ -124,7 +125,7 @@ class _RowAccumulator:
         """A skipped (all-nodata) tile adds no probabilities but its rows must still be written (as nodata)."""
         self._ensure(min(tile.y + tile.size, height))
 
-    def view(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    def view(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The sums of rows [top + start, top + stop), without copying."""
         self._ensure(self.top + stop)
         return self.prob[:, start:stop], self.weight[start:stop]
@@ -148,7 +149,6 @@ class RunStats:
     tiles_run: int
     tiles_skipped: int
     seconds: float
-    model_seconds: float
     batch_size: int
     device: str
 
@@ -220,29 +220,33 @@ class Predictor:
         """0–255 band values → model input; nodata pixels become the mean (0 after normalization)."""
         return np.where(valid, (scaled - self.mean) / self.std, 0.0).astype(np.float32)
 
-    def _run_model(self, batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+    def _run_model(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities (B, K, t, t), float32 on the device, of normalized tiles already on the device."""
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype or torch.float32,
-                                                    enabled=self.dtype is not None):
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             logits = self._forward(x)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return torch.softmax(logits.float(), dim=1)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities (B, K, t, t) of normalized tiles, halving the batch on CUDA out-of-memory."""
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_run_model`, halving the batch on CUDA out-of-memory."""
         try:
-            return self._run_model(batch)
+            return self._run_model(x)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
-            if len(batch) == 1:
+            if len(x) == 1:
                 raise RuntimeError(
                     f"CUDA ran out of memory on a single {self.card.tile} px tile: use a smaller model, free GPU "
                     "memory or run with --device cpu"
                 ) from None
-            self.batch_size = max(1, len(batch) // 2)
-            half = len(batch) // 2
-            return np.concatenate([self.infer(batch[:half]), self.infer(batch[half:])])
+            self.batch_size = max(1, len(x) // 2)
+            half = len(x) // 2
+            return torch.cat([self._infer(x[:half]), self._infer(x[half:])])
+
+    @torch.inference_mode()
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (B, K, t, t) of normalized tiles, halving the batch on CUDA out-of-memory."""
+        return self._infer(torch.from_numpy(batch).to(self.device)).cpu().numpy()
 
     # ------------------------------------------------------------------------------------------ tiling
     def _prepared_tiles(
@@ -264,12 +268,17 @@ class Predictor:
         prefetch: bool = True,
     ) -> RunStats:
         """Predict every tile of ``source`` and stream finished rows into ``sink``."""
+        with torch.inference_mode():
+            return self._run(source, sink, want_probs, progress, cancel, km2_per_pixel, prefetch)
+
+    def _run(self, source: TileSource, sink: RowSink, want_probs: bool, progress: ProgressCallback,
+             cancel: CancelCallback, km2_per_pixel: float, prefetch: bool) -> RunStats:
         grid = TileGrid(source.height, source.width, self.card.tile, self.overlap)
-        weights = blend_weights(self.card.tile, self.overlap)
-        acc = _RowAccumulator(self.card.num_classes, source.width, min(self.card.tile, source.height))
+        weights = torch.tensor(blend_weights(self.card.tile, self.overlap), device=self.device)
+        acc = _RowAccumulator(self.card.num_classes, source.width, min(self.card.tile, source.height), self.device)
         tiles = _prefetched(self._prepared_tiles(source, grid), depth=2 * self.batch_size) if prefetch \
             else self._prepared_tiles(source, grid)
-        start, model_s = time.perf_counter(), 0.0
+        start = time.perf_counter()
         done = run = skipped = flushed_skips = 0  # skipped tiles up to the last flush
         km2_per_tile = km2_per_pixel * source.height * source.width / max(len(grid), 1)
         pending: list[tuple[Tile, np.ndarray | None, np.ndarray]] = []  # in grid order, all-nodata tiles included
@@ -284,20 +293,19 @@ class Predictor:
         def flush() -> None:
             """Run the pending tiles and add them in grid order; every tile row is complete (and its final rows
             are written) before the next row's first tile is added."""
-            nonlocal model_s, run, flushed_skips
+            nonlocal run, flushed_skips
             flushed_skips = skipped
-            batch = [data for _, data, _ in pending if data is not None]
+            batch = [(data, valid) for _, data, valid in pending if data is not None]
             if batch:
-                t0 = time.perf_counter()
-                probs = iter(self.infer(np.stack(batch)))
-                model_s += time.perf_counter() - t0
+                probs = iter(self._infer(torch.from_numpy(np.stack([d for d, _ in batch])).to(self.device)))
+                valids = iter(torch.from_numpy(np.stack([v for _, v in batch])).to(self.device))
                 run += len(batch)
-            for tile, data, valid in pending:
+            for tile, data, _ in pending:
                 emit_rows_before(tile.row)
                 if data is None:
                     acc.touch(tile, source.height)
                 else:
-                    acc.add(tile, next(probs), weights, valid, source.height)
+                    acc.add(tile, next(probs), weights, next(valids), source.height)
             pending.clear()
 
         try:
@@ -316,7 +324,7 @@ class Predictor:
             tiles.close()
         if progress is not None:
             progress(Progress(done, len(grid), time.perf_counter() - start, done * km2_per_tile))
-        return RunStats(len(grid), run, skipped, time.perf_counter() - start, model_s, self.batch_size,
+        return RunStats(len(grid), run, skipped, time.perf_counter() - start, self.batch_size,
                         describe_device(self.device))
 
     def _emit(self, acc: _RowAccumulator, until: int, sink: RowSink, want_probs: bool) -> None:
@@ -327,19 +335,27 @@ class Predictor:
             return
         chunk = max(1, _EMIT_PIXELS // acc.weight.shape[1])
         for start in range(0, until - y0, chunk):
-            prob_sum, weight = acc.view(start, min(start + chunk, until - y0))
-            classes, probs = self.classify(prob_sum, weight)
-            sink.write_rows(y0 + start, classes, probs if want_probs else None)
+            classes, probs = self._classify(*acc.view(start, min(start + chunk, until - y0)))
+            sink.write_rows(y0 + start, classes.cpu().numpy(), probs.cpu().numpy() if want_probs else None)
         acc.drop(until)
 
     def classify(self, prob_sum: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Blended probabilities (K, h, w) from weighted sums, and classes: the card's threshold on the building
         probability of a two-class model, else argmax; CLASS_NODATA where no valid pixel was seen (weight 0)."""
-        probs = prob_sum / np.maximum(weight, 1e-12)
+        classes, probs = self._classify(torch.from_numpy(prob_sum), torch.from_numpy(weight))
+        return classes.numpy(), probs.numpy()
+
+    def _classify(self, prob_sum: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probs = prob_sum / weight.clamp_min(1e-12)
         if self.threshold is not None and probs.shape[0] == 2:
-            classes = (probs[1] >= self.threshold).astype(np.uint8)
-        else:
-            classes = probs.argmax(axis=0).astype(np.uint8)
+            classes = (probs[1] >= self.threshold).to(torch.uint8)
+        else:  # argmax over the few classes (the first on ties), one comparison per class: fast on CPU and GPU
+            classes = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+            best = probs[0]
+            for k in range(1, probs.shape[0]):
+                better = probs[k] > best
+                classes[better] = k
+                best = torch.maximum(best, probs[k])
         classes[weight <= 0] = CLASS_NODATA
         return classes, probs
 
