@@ -237,8 +237,9 @@ class GeoTiffWriter:
         self._stack: contextlib.ExitStack | None = None
         self._ds: gdal.Dataset | None = None
         self._next_row = 0  # rows above this one have been handed to GDAL
-        self._buffer = np.empty((band_count, 0, width), self.dtype)
+        self._buffer = np.empty((band_count, 0, width), self.dtype)  # allocated once it is big enough, then reused
         self._written = np.empty((0, width), bool)
+        self._used = 0  # buffer rows in play, from _next_row (whole rows of tiles)
 
     def __enter__(self) -> "GeoTiffWriter":
         stack = contextlib.ExitStack()
@@ -288,7 +289,7 @@ class GeoTiffWriter:
         stack, self._stack = self._stack, None
         try:
             if exc_type is None:
-                self._emit(self._buffer.shape[1])
+                self._emit(self._used)
                 self._ds.FlushCache()
         except BaseException as failure:
             self._ds = None
@@ -298,19 +299,18 @@ class GeoTiffWriter:
         return bool(stack.__exit__(exc_type, exc, tb))
 
     def _grow_buffer(self, rows: int) -> None:
-        if rows <= self._buffer.shape[1]:
-            return
         rows = -(-rows // self.block) * self.block
-        fill = 0 if self.nodata is None else self.nodata
-        buffer = np.full((self.band_count, rows, self.width), fill, self.dtype)
-        written = np.zeros((rows, self.width), bool)
-        kept = self._buffer.shape[1]
-        buffer[:, :kept] = self._buffer
-        written[:kept] = self._written
-        self._buffer, self._written = buffer, written
+        if rows > self._buffer.shape[1]:
+            fill = 0 if self.nodata is None else self.nodata
+            buffer = np.full((self.band_count, rows, self.width), fill, self.dtype)
+            written = np.zeros((rows, self.width), bool)
+            buffer[:, :self._used] = self._buffer[:, :self._used]
+            written[:self._used] = self._written[:self._used]
+            self._buffer, self._written = buffer, written
+        self._used = max(self._used, rows)
 
     def _flush_complete_rows(self) -> None:
-        done = self._written.all(axis=1)
+        done = self._written[:self._used].all(axis=1)
         complete = done.size if done.all() else int(np.argmin(done))
         if self._next_row + complete < self.height:
             complete -= complete % self.block  # only whole rows of tiles, so no tile is compressed twice
@@ -319,11 +319,17 @@ class GeoTiffWriter:
             self._ds.FlushCache()  # the finished tiles leave GDAL's block cache
 
     def _emit(self, rows: int) -> None:
+        """Hands the first ``rows`` buffered rows to GDAL; the rows below move up in the same buffer."""
         rows = min(rows, self.height - self._next_row)
         if rows <= 0:
             return
         self._write_gdal(self._buffer[:, :rows], 0, self._next_row)
-        self._buffer, self._written = self._buffer[:, rows:], self._written[rows:]
+        left = max(self._used - rows, 0)
+        self._buffer[:, :left] = self._buffer[:, rows:rows + left].copy()
+        self._written[:left] = self._written[rows:rows + left]
+        self._buffer[:, left:self._used] = 0 if self.nodata is None else self.nodata
+        self._written[left:self._used] = False
+        self._used = left
         self._next_row += rows
 
     def _write_gdal(self, a: np.ndarray, x_off: int, y_off: int) -> None:
