@@ -88,15 +88,6 @@ def _bound_gdal_cache() -> None:
         gdal.SetCacheMax(GDAL_CACHE_BYTES)
 
 
-def _bands(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise ValueError(f"--bands {text!r}: give band numbers separated by commas, e.g. 3,2,1") from None
-
-
 def _load_predictor(args: argparse.Namespace):
     from mtp_core.inference import Predictor
     from mtp_core.models import create_model, default_card
@@ -138,7 +129,7 @@ def _print_progress(name: str):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from mtp_core.pipeline import extract_buildings
+    from mtp_core.pipeline import extract_buildings, parse_bands
     from mtp_core.shard import parse_shard, select_shard
 
     _bound_gdal_cache()
@@ -156,7 +147,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     total_buildings = 0
     for raster in rasters:
         result = extract_buildings(
-            predictor, raster, args.out, bands=_bands(args.bands), probabilities=args.probabilities,
+            predictor, raster, args.out, bands=parse_bands(args.bands), probabilities=args.probabilities,
             min_area_m2=args.min_area, simplify_m=args.simplify, regularize=args.regularize,
             pixel_crs=args.pixel_crs, nodata=args.nodata, skip_existing=not args.overwrite,
             vector_ext=f".{args.format}",

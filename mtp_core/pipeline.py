@@ -65,6 +65,17 @@ class RasterPrediction:
     km2: float
 
 
+def parse_bands(text: str | None, option: str = "--bands") -> tuple[int, ...] | None:
+    """Band numbers typed as "3,2,1" (None when empty: the model card's own); ``option`` names the field in errors."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: give band numbers separated by commas, e.g. 3,2,1") from None
+
+
 def check_bands(info: RasterInfo, bands: Sequence[int], expected: int) -> tuple[int, ...]:
     bands = tuple(int(b) for b in bands)
     if len(bands) != expected:

@@ -58,16 +58,6 @@ def default_output_folder() -> Path:
     return Path(project_folder or tempfile.gettempdir()) / "mtp_output"
 
 
-def parse_bands(text: str) -> tuple[int, ...] | None:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise ValueError(f"Bands {text!r}: give band numbers separated by commas, e.g. 3,2,1") from None
-
-
 def parse_nodata(text: str) -> float | None:
     text = text.strip()
     if not text:
@@ -347,7 +337,9 @@ class MTPDock(QDockWidget):
 
     def bands(self) -> tuple[int, ...] | None:
         """The raster bands fed as the model's R, G, B (None: the model card's own)."""
-        return parse_bands(self.bands_edit.text())
+        from mtp_core.pipeline import parse_bands
+
+        return parse_bands(self.bands_edit.text(), "Bands")
 
     def nodata(self) -> float | None:
         """The band value treated as nodata (None: the raster's own nodata)."""

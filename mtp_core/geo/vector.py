@@ -84,7 +84,6 @@ class VectorWriter:
         self._atomic: contextlib.AbstractContextManager | None = None
         self._ds: gdal.Dataset | None = None
         self._layer: ogr.Layer | None = None
-        self.count = 0
 
     def __enter__(self) -> "VectorWriter":
         self._atomic = _atomic_files(self.path)
@@ -130,7 +129,6 @@ class VectorWriter:
                 feature.SetGeometry(ogr.ForceToMultiPolygon(geom) if promote else geom)
             layer.CreateFeature(feature)
         layer.CommitTransaction()
-        self.count += len(geoms)
 
     def __exit__(self, *exc_info: Any) -> None:
         self._close(*exc_info)

@@ -190,14 +190,9 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
         return self.parameterAsDouble(parameters, "NODATA", context)
 
     def bands(self, parameters: dict[str, Any], context: QgsProcessingContext) -> tuple[int, ...] | None:
-        text = self.parameterAsString(parameters, "BANDS", context).strip()
-        if not text:
-            return None
-        try:
-            return tuple(int(b) for b in text.split(","))
-        except ValueError:
-            raise QgsProcessingException(
-                f"BANDS {text!r}: give band numbers separated by commas, e.g. 3,2,1") from None
+        from mtp_core.pipeline import parse_bands
+
+        return parse_bands(self.parameterAsString(parameters, "BANDS", context), "BANDS")
 
     def vector_options(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
         return dict(min_area_m2=self.parameterAsDouble(parameters, "MIN_AREA", context),
