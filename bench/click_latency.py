@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal, osr
 
-from mtp_core.cli import DEMO_CHECKPOINT
 from mtp_core.click import ClickSegmenter
-from mtp_core.geo import describe_raster, read_vector
 from mtp_core.inference import Predictor
-from mtp_core.synthetic import render_scene, write_scene
+from mtp_core.io import describe_raster, read_vector
+from mtp_core.weights import DEMO_CHECKPOINT
+from mtp_tools.synthetic import render_scene, write_scene
 
 GOAL_S = 0.3
 

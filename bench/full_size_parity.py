@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mtp_core.models import create_model
-from mtp_core.testing import det_init_tensors, golden_input
+from mtp_tools.testing import det_init_tensors, golden_input
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "mtp"
 MODELS = {"b": ("mtp_vit_b_rvsa", "vitb_rvsa_keys.json"), "l": ("mtp_vit_l_rvsa", "vitl_rvsa_keys.json")}

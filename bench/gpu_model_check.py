@@ -16,7 +16,7 @@ import torch
 
 from mtp_core.device import describe_device
 from mtp_core.models import create_model
-from mtp_core.testing import det_init_
+from mtp_tools.testing import det_init_
 
 
 def tiles_per_s(model, batch: int, dtype, channels_last: bool, steps: int = 10) -> float:

@@ -17,8 +17,8 @@ import torch
 
 from mtp_core.inference import ArraySink, ArraySource, Predictor
 from mtp_core.models import create_model, default_card
-from mtp_core.testing import det_init_
 from mtp_core.tiling import TileGrid
+from mtp_tools.testing import det_init_
 
 
 def synchronize(device: torch.device) -> None:

@@ -16,11 +16,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rasters import synthetic_raster  # noqa: E402
 
-from mtp_core.cli import DEMO_CHECKPOINT  # noqa: E402
 from mtp_core.inference import Predictor  # noqa: E402
 from mtp_core.pipeline import predict_raster  # noqa: E402
 from mtp_core.tiling import TileGrid  # noqa: E402
 from mtp_core.vectorize import vectorize_raster  # noqa: E402
+from mtp_core.weights import DEMO_CHECKPOINT  # noqa: E402
 
 
 def main() -> None:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mtp_core.geo import GeoTiffWriter
-from mtp_core.synthetic import render_scene
+from mtp_core.io import GeoTiffWriter
+from mtp_tools.synthetic import render_scene
 
 BLOCK = 1024
 

@@ -16,8 +16,8 @@ from torch import nn
 
 from mtp_core.inference import Predictor
 from mtp_core.models import EncoderDecoder, ModelCard
-from mtp_core.synthetic import render_scene
 from mtp_core.tiling import TileGrid
+from mtp_tools.synthetic import render_scene
 
 
 class Features(nn.Module):

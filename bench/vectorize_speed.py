@@ -1,7 +1,7 @@
 """Vectorization speed on a large building mask: buildings/s and seconds for raw, simplified and regularized output.
 
 The mask (default 6000 x 6000 px at 0.5 m, about 14,000 buildings) is a 4 x 4 mosaic of synthetic suburbs
-(``mtp_core.synthetic.render_scene``, so rotated houses, L-shapes and courtyards), written as a tiled GeoTIFF and
+(``mtp_tools.synthetic.render_scene``, so rotated houses, L-shapes and courtyards), written as a tiled GeoTIFF and
 vectorized from the file block by block, as ``mtp vectorize`` does. Goal: 10,000 buildings in at most 5 s.
 
     .venv/bin/python bench/vectorize_speed.py
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal, osr
 
-from mtp_core.synthetic import render_scene
 from mtp_core.vectorize import vectorize_raster
+from mtp_tools.synthetic import render_scene
 
 MODES = {
     "raw": {"min_area_m2": 0.0, "simplify_m": 0.0},

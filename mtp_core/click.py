@@ -3,7 +3,7 @@
 Why it is built this way:
 
 * **The job's own tiles.** A click is predicted on exactly the tiles ``mtp predict`` lays over the raster (the model
-  grid of :func:`mtp_core.geo.plan_read`, a :class:`mtp_core.tiling.TileGrid` with the model card's tile and
+  grid of :func:`mtp_core.io.plan_read`, a :class:`mtp_core.tiling.TileGrid` with the model card's tile and
   overlap), blended with the same weights in the same order. So the building a click returns is the building the
   whole-raster job gives, not a second opinion that disagrees near window edges. Tiles are also the cache unit:
   neighbouring clicks share them, like Geo-SAM's shared crop grid, but without a seam between crops.
@@ -40,9 +40,10 @@ import shapely
 from osgeo import gdal, osr
 from shapely import Polygon
 
-from mtp_core.geo import BandScaler, describe_raster, plan_read
-from mtp_core.inference import CLASS_NODATA, Predictor
-from mtp_core.pipeline import RasterSource, check_bands
+from mtp_core.inference import CLASS_NODATA, Predictor, RasterSource
+from mtp_core.io import BandScaler, describe_raster, plan_read
+from mtp_core.io.gdal_errors import raises_gdal_errors
+from mtp_core.pipeline import check_bands
 from mtp_core.progress import CancelCallback, check_cancel
 from mtp_core.tiling import Tile, TileGrid, blend_weights
 from mtp_core.vectorize import vectorize_array
@@ -134,6 +135,7 @@ class ClickSegmenter:
     clicks; they do not touch the cache). Opening describes the raster and fits the band scaling once, like the job.
     """
 
+    @raises_gdal_errors
     def __init__(self, predictor: Predictor, raster: str | Path, *, bands: Sequence[int] | None = None,
                  cache_tiles: int = 36, max_tiles: int = 16, min_area_m2: float = 4.0, simplify_m: float = 0.25,
                  regularize: bool = False) -> None:
@@ -170,6 +172,7 @@ class ClickSegmenter:
     def cached_tiles(self) -> int:
         return len(self._cache)
 
+    @raises_gdal_errors
     def segment_at(self, x: float, y: float, *, run_model: bool = True, cancel: CancelCallback = None) -> ClickResult:
         """The region of the clicked pixel's class under (x, y), given in the raster's CRS.
 
@@ -344,7 +347,8 @@ class ClickSegmenter:
             mask, probs, gt = self._on_source_grid(mask, probs, gt)
         vectors = vectorize_array(mask, gt, self.info.crs_wkt, prob=probs, min_area_m2=self.min_area_m2,
                                   simplify_m=self.simplify_m, regularize=self.regularize, source=self.source_name,
-                                  model=self.model_name)
+                                  model=self.model_name,
+                                  whole=(self.info.geotransform, self.info.width, self.info.height))
         if not vectors.geometries:
             return None, {}
         point = shapely.Point(x, y)

@@ -1,9 +1,16 @@
-"""Choosing and describing the compute device, so users always see what runs their model and why."""
+"""Choosing and describing the compute device and its CPU threads, so users always see what runs their model and
+why, and a run never takes more CPUs than it was given."""
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+from pathlib import Path
+from typing import Iterator
 
 import torch
+
+from mtp_core.errors import UserError
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -15,13 +22,13 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device("cpu")
     match = re.fullmatch(r"cuda(?::(\d+))?", spec)
     if not match:
-        raise ValueError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N")
+        raise UserError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} was asked for but {cuda_unavailable_reason()}; use --device cpu")
+        raise UserError(f"device {spec!r} was asked for but {cuda_unavailable_reason()}; use --device cpu")
     index = int(match.group(1) or 0)
     count = torch.cuda.device_count()
     if index >= count:
-        raise ValueError(f"device {spec!r} does not exist: {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})")
+        raise UserError(f"device {spec!r} does not exist: {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})")
     return torch.device("cuda", index)
 
 
@@ -33,11 +40,65 @@ def cuda_unavailable_reason() -> str:
             "check the driver and CUDA_VISIBLE_DEVICES")
 
 
-def describe_device(device: torch.device) -> str:
-    """One line: CUDA name and memory, or CPU with its thread count and why no GPU is used."""
+def describe_device(device: torch.device, threads: int | None = None) -> str:
+    """One line: CUDA name and memory, or CPU with the threads a run uses and why no GPU is used."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         memory = props.total_memory / 2**30
         return f"{device} {props.name}, {memory:.1f} GiB, compute capability {props.major}.{props.minor}"
     why = "" if torch.cuda.is_available() else f" ({cuda_unavailable_reason()})"
-    return f"cpu, {torch.get_num_threads()} threads{why}"
+    return f"cpu, {threads or cpu_threads()} threads{why}"
+
+
+def cpu_threads(cgroup_root: str | os.PathLike = "/sys/fs/cgroup") -> int:
+    """CPU threads this process should use: ``OMP_NUM_THREADS`` when set, else the CPUs it may run on (its affinity,
+    e.g. Slurm's ``--cpus-per-task`` or ``taskset``), at most its cgroup's CPU quota (containers, systemd), at least 1.
+
+    ``os.cpu_count()`` counts the machine's CPUs, not this process's: using them all oversubscribes a shared node.
+    """
+    wanted = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if wanted.isdigit() and int(wanted) > 0:
+        return int(wanted)
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        count = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is not None:
+        count = min(count, max(1, int(quota)))
+    return max(1, count)
+
+
+def cgroup_cpu_quota(root: str | os.PathLike = "/sys/fs/cgroup") -> float | None:
+    """CPUs allowed by this process's cgroup (quota / period), or None when unlimited or unknown.
+
+    cgroup v2: ``cpu.max`` ("max 100000" or "200000 100000") in the process's own cgroup (from ``/proc/self/cgroup``)
+    or at the root of the mount (containers); cgroup v1: ``cpu/cpu.cfs_quota_us`` and ``cpu.cfs_period_us``.
+    """
+    root = Path(root)
+    own = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                own = line[3:].strip().lstrip("/")
+    for folder in dict.fromkeys([root / own, root]):
+        with contextlib.suppress(OSError, ValueError):
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+    with contextlib.suppress(OSError, ValueError):
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 else quota / period
+    return None
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` inside the block and restored after it (the count is
+    process-wide: inside QGIS it must not stay changed for the rest of the application)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

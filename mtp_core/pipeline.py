@@ -12,47 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 from osgeo import gdal
 
-from mtp_core.geo import BandScaler, GeoError, GeoTiffWriter, RasterInfo, ReadPlan, describe_raster, plan_read
-from mtp_core.geo import read_window, warp_to_grid
-from mtp_core.inference import CLASS_NODATA, Predictor, RunStats
+from mtp_core.errors import GeoError
+from mtp_core.inference import CLASS_NODATA, GeoTiffSink, Predictor, RasterSource, RunStats
+from mtp_core.io import BandScaler, GeoTiffWriter, RasterInfo, describe_raster, plan_read, warp_to_grid
+from mtp_core.io.gdal_errors import raises_gdal_errors
 from mtp_core.progress import CancelCallback, Progress, ProgressCallback
-from mtp_core.tiling import Tile
 from mtp_core.vectorize import vectorize_raster_to_file
-
-
-@dataclass
-class RasterSource:
-    """Tiles of the model grid read with GDAL (in the prefetch thread, through its own dataset handle)."""
-
-    plan: ReadPlan
-    bands: tuple[int, ...]
-    scaler: BandScaler
-
-    def __post_init__(self) -> None:
-        self.height, self.width = self.plan.height, self.plan.width
-        self._dataset: gdal.Dataset | None = None
-
-    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-        if self._dataset is None:  # opened lazily, in the thread that reads
-            self._dataset = self.plan.reopen()
-        data, valid = read_window(self._dataset, tile.x, tile.y, tile.size, tile.size, self.bands)
-        return self.scaler(data), valid
-
-
-class GeoTiffSink:
-    """Finished rows into the class GeoTIFF and (optionally) a uint8 probability GeoTIFF (P × 255, classes 1..K-1)."""
-
-    def __init__(self, classes: GeoTiffWriter, probs: GeoTiffWriter | None) -> None:
-        self.classes, self.probs = classes, probs
-
-    def write_rows(self, y0: int, classes: np.ndarray, probs: np.ndarray | None) -> None:
-        self.classes.write(classes, 0, y0)
-        if self.probs is not None and probs is not None:
-            scaled = np.rint(np.clip(probs[1:], 0.0, 1.0) * 255.0).astype(np.uint8)
-            self.probs.write(scaled, 0, y0)
 
 
 @dataclass(frozen=True)
@@ -83,11 +50,12 @@ def check_bands(info: RasterInfo, bands: Sequence[int], expected: int) -> tuple[
                        f"pass --bands with {expected} band numbers, e.g. --bands 1,2,3")
     bad = [b for b in bands if not 1 <= b <= info.band_count]
     if bad:
-        raise GeoError(f"{info.path} has {info.band_count} band(s); band(s) {bad} do not exist: choose bands "
+        raise GeoError(f"{info.label} has {info.band_count} band(s); band(s) {bad} do not exist: choose bands "
                        f"1..{info.band_count} with --bands (the model needs {expected}, in its RGB order)")
     return bands
 
 
+@raises_gdal_errors
 def predict_raster(
     predictor: Predictor,
     raster: str | Path,
@@ -105,12 +73,12 @@ def predict_raster(
     ``nodata``: a band value to treat as nodata, for rasters that do not declare one (e.g. the black fill around
     imagery): those pixels are not segmented and stay nodata in the outputs."""
     mask_path, prob_path = Path(mask_path), Path(prob_path) if prob_path else None
+    label = describe_raster(raster, allow_pixel_crs=pixel_crs).label  # a missing or unreadable raster: said first
     with tempfile.TemporaryDirectory(dir=mask_path.parent, prefix=".mtp-") as tmp:
         if nodata is not None:
-            describe_raster(raster, allow_pixel_crs=pixel_crs)  # a missing or unreadable raster is explained first
             raster = with_nodata(raster, nodata, Path(tmp) / "nodata.vrt")
-        return _predict_raster(predictor, raster, mask_path, prob_path, Path(tmp), bands=bands, pixel_crs=pixel_crs,
-                               progress=progress, cancel=cancel)
+        return _predict_raster(predictor, raster, label, mask_path, prob_path, Path(tmp), bands=bands,
+                               pixel_crs=pixel_crs, progress=progress, cancel=cancel)
 
 
 def with_nodata(raster: str | Path, nodata: float, vrt: Path) -> Path:
@@ -122,11 +90,11 @@ def with_nodata(raster: str | Path, nodata: float, vrt: Path) -> Path:
     return vrt
 
 
-def _predict_raster(predictor: Predictor, raster: str | Path, mask_path: Path, prob_path: Path | None, tmp: Path, *,
-                    bands: Sequence[int] | None, pixel_crs: bool, progress: ProgressCallback,
+def _predict_raster(predictor: Predictor, raster: str | Path, label: str, mask_path: Path, prob_path: Path | None,
+                    tmp: Path, *, bands: Sequence[int] | None, pixel_crs: bool, progress: ProgressCallback,
                     cancel: CancelCallback) -> RasterPrediction:
     card = predictor.card
-    info = describe_raster(raster, allow_pixel_crs=pixel_crs)
+    info = describe_raster(raster, allow_pixel_crs=pixel_crs, label=label)
     chosen = check_bands(info, bands or card.bands, len(card.mean))
     plan = plan_read(info, None if not info.has_georeference else card.gsd_m)
     scaler = (BandScaler.fixed(card.band_ranges) if card.band_ranges
@@ -141,9 +109,10 @@ def _predict_raster(predictor: Predictor, raster: str | Path, mask_path: Path, p
     grid = dict(width=plan.width, height=plan.height, geotransform=plan.geotransform, crs_wkt=plan.crs_wkt)
     with contextlib.ExitStack() as outputs:  # on any error every writer removes its temporary file
         mask_out = outputs.enter_context(
-            GeoTiffWriter(grid_mask, band_count=1, dtype="uint8", nodata=CLASS_NODATA, **grid))
+            GeoTiffWriter(grid_mask, band_count=1, dtype="uint8", nodata=CLASS_NODATA, cog=not plan.warped, **grid))
         prob_out = outputs.enter_context(
-            GeoTiffWriter(grid_prob, band_count=card.num_classes - 1, dtype="uint8", **grid)) if grid_prob else None
+            GeoTiffWriter(grid_prob, band_count=card.num_classes - 1, dtype="uint8", cog=not plan.warped,
+                          overview_resampling="AVERAGE", **grid)) if grid_prob else None
         stats = predictor.run(source, GeoTiffSink(mask_out, prob_out), want_probs=prob_out is not None,
                               progress=progress, cancel=cancel, km2_per_pixel=km2_per_pixel)
     if plan.warped:
@@ -169,6 +138,7 @@ def output_paths(raster: str | Path, out_dir: str | Path, vector_ext: str = ".gp
     return out / f"{stem}_mask.tif", out / f"{stem}_buildings{vector_ext}", out / f"{stem}_prob.tif"
 
 
+@raises_gdal_errors
 def extract_buildings(
     predictor: Predictor,
     raster: str | Path,
@@ -198,7 +168,7 @@ def extract_buildings(
     try:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise GeoError(f"cannot create the output folder {out_dir}: {exc.strerror}; choose another --out") from exc
+        raise GeoError(f"cannot create the output folder {out_dir}: {exc.strerror}; choose another output folder (--out)") from exc
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".mtp-") as tmp:
         # probabilities give each polygon its score; kept only when asked for
         probs = prob_path if probabilities else Path(tmp) / "prob.tif"

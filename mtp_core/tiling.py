@@ -77,17 +77,22 @@ class TileGrid:
 
 @lru_cache(maxsize=8)
 def blend_weights(tile: int, overlap: int) -> np.ndarray:
-    """(tile, tile) float32 weights: 1 in the interior, a raised-cosine ramp over ``overlap`` pixels at the border.
+    """(tile, tile) float32 weights: a raised-cosine ramp over ``overlap`` pixels at each border, 1 in between.
 
-    Neighbouring ramps cross-fade (a tile's falling edge meets the next tile's rising one), and the weights never reach
-    zero so a pixel that only one tile covers (at the raster border) still gets that tile's prediction.
+    Neighbouring ramps cross-fade (a tile's falling edge meets the next tile's rising one). With an overlap of half
+    the tile or more the ramps would cross, so they become one Hann window over the whole tile: every pixel still
+    weighs more the further it is from the tile's borders, for any overlap below the tile. The weights never reach
+    zero, so a pixel that only one tile covers (at the raster border) still gets that tile's prediction.
     """
+    if not 0 <= overlap < tile:
+        raise ValueError(f"need 0 <= overlap < tile, got tile {tile}, overlap {overlap}")
     ramp = np.ones(tile, dtype=np.float64)
-    if overlap > 0:
-        t = (np.arange(overlap) + 0.5) / overlap
+    length = min(overlap, tile // 2)
+    if length > 0:
+        t = (np.arange(length) + 0.5) / length
         rise = 0.5 - 0.5 * np.cos(np.pi * t)
-        ramp[:overlap] = rise
-        ramp[-overlap:] = rise[::-1]
+        ramp[:length] = rise
+        ramp[tile - length:] = rise[::-1]
     weights = np.maximum(np.outer(ramp, ramp), MIN_WEIGHT).astype(np.float32)
     weights.setflags(write=False)
     return weights

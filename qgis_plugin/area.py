@@ -103,7 +103,7 @@ def pixel_window(geotransform: Sequence[float], width: int, height: int, bounds:
 
 def clip_raster(raster: str, out_path: Path, bounds: Bounds | None = None, polygons: str | None = None) -> Path:
     """A VRT at ``out_path`` of the raster's pixels inside ``bounds`` or inside the ``polygons`` WKT (raster CRS)."""
-    from mtp_core.geo import open_raster
+    from mtp_core.io import open_raster
 
     source = open_raster(raster)
     if polygons is not None:

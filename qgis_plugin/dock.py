@@ -358,7 +358,7 @@ class MTPDock(QDockWidget):
             if not values.architecture or not values.weights:
                 raise ValueError("choose an architecture and its weights file, or the demo model under 'Model'")
             return ModelSpec(values.weights, values.architecture, **options)
-        from mtp_core.cli import DEMO_CHECKPOINT
+        from mtp_core.weights import DEMO_CHECKPOINT
 
         return ModelSpec(str(DEMO_CHECKPOINT), **options)
 

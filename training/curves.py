@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mtp_core.io_utils import atomic_path
+from mtp_core.io import atomic_path
 
 
 def read_log(path: Path) -> list[dict]:

@@ -25,8 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import mtp_core
-from mtp_core.checkpoint import load_weights, safe_load
-from mtp_core.io_utils import atomic_torch_save
+from mtp_core.checkpoint import atomic_torch_save, load_weights, safe_load
 from mtp_core.models import EncoderDecoder, ModelCard
 from training.builder import SegmentorSpec, build_segmentor, model_card, segmentation_loss
 from training.config import config_text

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from mtp_core.io_utils import atomic_path
+from mtp_core.io import atomic_path
 from training.loop import REQUEUE_EXIT_CODE
 
 SIGNAL_LEAD_S = 180

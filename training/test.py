@@ -20,9 +20,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
 from mtp_core.checkpoint import load_weights
-from mtp_core.geo import GeoTiffWriter, describe_raster, write_rgb_png
 from mtp_core.inference import CLASS_NODATA
-from mtp_core.io_utils import atomic_path
+from mtp_core.io import GeoTiffWriter, atomic_path, describe_raster, write_rgb_png
 from training.builder import build_segmentor
 from training.config import ConfigError, apply_overrides, load_config, merge
 from training.data import SegDataPreProcessor, build_dataset, collate

@@ -1,6 +1,6 @@
 """Named MTP models, timm style: each builder only sets hyperparameters.
 
-Every builder is registered here and with timm, so ``import mtp_core; timm.create_model("mtp_vit_b_rvsa")`` builds
+Every builder is registered here and with timm, so ``import mtp_core.models; timm.create_model("mtp_vit_b_rvsa")`` builds
 exactly the backbone of the original SpaceNetv1 fine-tuning config, and ``create_model("mtp_vit_b_rvsa_upernet")``
 the whole segmentor. Segmentors also have a default model card (the config's data conventions).
 """

@@ -202,8 +202,8 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
     def load_predictor(self, parameters: dict[str, Any], context: QgsProcessingContext,
                        feedback: QgsProcessingFeedback) -> Predictor:
         """The model on the chosen device, which is reported first (users must always see what runs the model)."""
-        from mtp_core.cli import DEMO_CHECKPOINT
         from mtp_core.inference import Predictor
+        from mtp_core.weights import DEMO_CHECKPOINT
 
         checkpoint = self.parameterAsFile(parameters, "CHECKPOINT", context) or str(DEMO_CHECKPOINT)
         predictor = Predictor.from_checkpoint(
@@ -276,7 +276,7 @@ class ExtractBuildingsAlgorithm(MTPAlgorithm):
 
     def run_engine(self, parameters: dict[str, Any], context: QgsProcessingContext,
                    feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        from mtp_core.geo import read_vector, write_vector
+        from mtp_core.io import read_vector, write_vector
         from mtp_core.pipeline import extract_buildings
 
         raster = self.raster_source(parameters, "INPUT", context)
@@ -326,7 +326,7 @@ class VectorizeAlgorithm(MTPAlgorithm):
         output = self.output_path(parameters, "OUTPUT", context, VECTOR_SUFFIXES)
         counts = vectorize_raster_to_file(
             mask, output, prob_raster_path=probs, source=Path(mask).name, cancel=feedback.isCanceled,
-            progress=lambda done, total: feedback.setProgress(100.0 * done / total if total else 100.0),
+            progress=lambda p: feedback.setProgress(100.0 * p.fraction),
             **self.vector_options(parameters, context))
         feedback.pushInfo(f"{counts['polygons']} polygons -> {output}")
         return {"OUTPUT": str(output), "POLYGONS": counts["polygons"]}

@@ -37,7 +37,7 @@ class MTPProvider(QgsProcessingProvider):
         return ["tif"]  # the engine writes GeoTIFF
 
     def supportedOutputVectorLayerExtensions(self) -> list[str]:  # noqa: N802
-        return ["gpkg", "geojson", "shp"]  # what mtp_core.geo.write_vector writes
+        return ["gpkg", "geojson", "shp"]  # what mtp_core.io.write_vector writes
 
     def defaultVectorFileExtension(self, hasGeometry: bool = True) -> str:  # noqa: N802,N803
         return "gpkg"

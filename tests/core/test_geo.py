@@ -11,7 +11,7 @@ import pytest
 from osgeo import gdal, osr
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from mtp_core.geo import (
+from mtp_core.io import (
     PIXEL_GEOTRANSFORM,
     BandScaler,
     GeoError,
@@ -88,7 +88,8 @@ def test_describe_generated_utm_geotiff(tmp_path) -> None:
     assert (info.width, info.height, info.band_count, info.dtype) == (60, 40, 3, "uint16")
     assert info.nodata == (0.0, 0.0, 0.0) and info.epsg == UTM33 and not info.is_geographic
     assert info.has_georeference and "UTM zone 33N" in info.crs_wkt
-    assert info.pixel_size_m == (0.5, 0.5)  # survey grids keep their nominal metres
+    # ground metres on the ellipsoid: UTM's central meridian has scale 0.9996, so a 0.5 m grid step is 0.5002 m
+    assert info.pixel_size_m == pytest.approx((0.5 / 0.9996, 0.5 / 0.9996), rel=1e-6)
     assert info.bounds == (ORIGIN[0], ORIGIN[1] - 20.0, ORIGIN[0] + 30.0, ORIGIN[1])
     assert Path(info.path).is_absolute()
 
@@ -97,7 +98,7 @@ def test_describe_rotated_grid(tmp_path) -> None:
     c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
     gt = (ORIGIN[0], 0.5 * c, 0.5 * s, ORIGIN[1], 0.5 * s, -0.5 * c)
     info = describe_raster(_tif(tmp_path / "rot.tif", np.ones((20, 10), np.uint8), gt))
-    assert info.pixel_size_m == pytest.approx((0.5, 0.5))
+    assert info.pixel_size_m == pytest.approx((0.5 / 0.9996, 0.5 / 0.9996), rel=1e-6)
     corners = [_pixel_to_map(gt, col, row) for col in (0, 10) for row in (0, 20)]
     xs, ys = zip(*corners)
     assert info.bounds == pytest.approx((min(xs), min(ys), max(xs), max(ys)))
@@ -152,7 +153,9 @@ def test_plan_resamples_utm_03_to_05_over_the_same_footprint(tmp_path) -> None:
     data = _blocks(300, 250, 30)
     info = describe_raster(_tif(tmp_path / "fine.tif", data, (ORIGIN[0] + 0.1, 0.3, 0, ORIGIN[1] - 0.2, 0, -0.3)))
     plan = plan_read(info, 0.5)
-    assert plan.warped and plan.geotransform[1] == 0.5 and plan.geotransform[5] == -0.5
+    # 0.5 ground metres are 0.4998 grid units on UTM's central meridian (scale 0.9996)
+    assert plan.warped and plan.geotransform[1] == pytest.approx(0.5 * 0.9996, rel=1e-6)
+    assert plan.geotransform[5] == pytest.approx(-plan.geotransform[1], rel=1e-6)
     assert osr.SpatialReference(wkt=plan.crs_wkt).IsSame(_srs(UTM33))
     bounds = (plan.geotransform[0], plan.geotransform[3] + plan.height * plan.geotransform[5],
               plan.geotransform[0] + plan.width * plan.geotransform[1], plan.geotransform[3])
@@ -208,10 +211,11 @@ def test_geographic_warp_keeps_content_in_place(tmp_path) -> None:
 
 def test_real_utm_chip_with_nodata_reads_directly_or_warped() -> None:
     info = describe_raster(shared_file("realdata", "solaris", "sample_geotiff.tif"))
-    assert (info.epsg, info.dtype, info.nodata, info.pixel_size_m) == (32616, "uint16", (0.0,), (0.5, 0.5))
+    assert (info.epsg, info.dtype, info.nodata) == (32616, "uint16", (0.0,))
+    assert info.pixel_size_m == pytest.approx((0.5, 0.5), rel=1e-3)  # UTM grid metres within 0.1 % of the ground
     assert not plan_read(info, 0.5).warped
     plan = plan_read(info, 0.3)  # a 0.3 m model: warped in the raster's own CRS, nodata carried over
-    assert plan.warped and plan.geotransform[1] == 0.3 and plan.dataset.RasterCount == 1
+    assert plan.warped and plan.geotransform[1] == pytest.approx(0.3, rel=1e-3) and plan.dataset.RasterCount == 1
     assert plan.dataset.GetRasterBand(1).GetNoDataValue() == 0
     data, valid = read_window(plan, plan.width - 20, -20, 64, 64, [1])
     assert not valid[:20].any() and not valid[:, 20:].any() and valid[20:, :20].mean() > 0.9

@@ -8,6 +8,7 @@ from torch import nn
 
 from mtp_core import inference
 from mtp_core.inference import CLASS_NODATA, Predictor
+from mtp_core.inference import predictor as predictor_module
 from mtp_core.models import EncoderDecoder, ModelCard
 from mtp_core.progress import Cancelled
 from mtp_core.tiling import MIN_WEIGHT, TileGrid, blend_weights
@@ -98,13 +99,13 @@ def test_batching_and_prefetch_do_not_change_the_result() -> None:
 
 def test_memory_follows_width_not_height(monkeypatch) -> None:
     held = []
-    original = inference._RowAccumulator._ensure
+    original = predictor_module._RowAccumulator._ensure
 
     def spy(self, bottom):
         original(self, bottom)
         held.append((self.rows, self.weight.shape[0]))
 
-    monkeypatch.setattr(inference._RowAccumulator, "_ensure", spy)
+    monkeypatch.setattr(predictor_module._RowAccumulator, "_ensure", spy)
     predictor(batch=4).predict_array(smooth_image(1200, 100))
     # 2 tiles per row, batch 4 (two tile rows per batch): rows are written before the next tile row is added, so one
     # tile's height (64 rows) is all that is ever held, in buffers allocated once

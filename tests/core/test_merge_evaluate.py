@@ -8,8 +8,8 @@ import shapely
 from osgeo import gdal, osr
 
 from mtp_core.cli import main
-from mtp_core.geo import read_vector
-from mtp_core.synthetic import render_scene
+from mtp_core.io import read_vector
+from mtp_tools.synthetic import render_scene
 from tests.conftest import shared_file
 
 ORIGIN = (500000.0, 4500000.0)

@@ -1,6 +1,8 @@
 """The main job as users run it: `mtp predict` on projected and geographic rasters, bad inputs, cancel, shards."""
 from __future__ import annotations
 
+import csv
+
 from pathlib import Path
 
 import numpy as np
@@ -8,13 +10,14 @@ import pytest
 import shapely
 from osgeo import gdal, osr
 
-from mtp_core.cli import DEMO_CHECKPOINT, main
-from mtp_core.geo import GeoError, describe_raster, read_vector, to_metric
+from mtp_core.cli import main
 from mtp_core.inference import CLASS_NODATA, Predictor
+from mtp_core.io import GeoError, describe_raster, read_vector, to_metric
 from mtp_core.pipeline import extract_buildings
 from mtp_core.progress import Cancelled
 from mtp_core.shard import parse_shard, select_shard
-from mtp_core.synthetic import render_scene, write_scene
+from mtp_core.weights import DEMO_CHECKPOINT
+from mtp_tools.synthetic import render_scene, write_scene
 from tests.conftest import shared_file
 
 CHIP = ("realdata", "spacenet1_AOI_0_TEST", "AOI_0_TEST", "3band", "3band_013022223130_Public_img10.tif")
@@ -109,22 +112,68 @@ def _write_raster(path: Path, bands: int, georef: bool = True) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("setup", "args", "message"),
-    [
-        (lambda d: d / "missing.tif", [], "not found"),
-        (lambda d: _write_raster(d / "gray.tif", 1), [], "has 1 band"),
-        (lambda d: _write_raster(d / "rgb.tif", 3), ["--bands", "3,2"], "takes 3 bands"),
-        (lambda d: _write_raster(d / "plain.tif", 3, georef=False), [], "--pixel-crs"),
-        (lambda d: d / "missing.tif", ["--shard", "3/2"], "K must be in 0..N-1"),
-        (lambda d: _write_raster(d / "rgb.tif", 3), ["--tile", "128"], "takes 256 px tiles"),
+    ("setup", "args", "message", "status"),
+    [  # a raster that fails is one failure of the batch (1); bad options stop the command before any raster (2)
+        (lambda d: d / "missing.tif", [], "not found", 1),
+        (lambda d: _write_raster(d / "gray.tif", 1), [], "has 1 band", 1),
+        (lambda d: _write_raster(d / "rgb.tif", 3), ["--bands", "3,2"], "takes 3 bands", 1),
+        (lambda d: _write_raster(d / "plain.tif", 3, georef=False), [], "--pixel-crs", 1),
+        (lambda d: d / "missing.tif", ["--shard", "3/2"], "K must be in 0..N-1", 2),
+        (lambda d: _write_raster(d / "rgb.tif", 3), ["--tile", "128"], "takes 256 px tiles", 2),
     ],
 )
-def test_bad_inputs_are_explained(checkpoint, tmp_path, capsys, setup, args, message):
+def test_bad_inputs_are_explained(checkpoint, tmp_path, capsys, setup, args, message, status):
     raster = setup(tmp_path)
     rc = main(["predict", str(raster), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out"), *args])
-    assert rc == 2
+    assert rc == status
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_a_batch_goes_on_past_a_failed_raster(checkpoint, tmp_path, capsys):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00 not really a tiff")
+    gray = _write_raster(tmp_path / "gray.tif", 1)
+    good = write_scene(render_scene(256, 256, 3), tmp_path / "good.tif")[0]
+    out = tmp_path / "out"
+    rc = main(["predict", str(bad), str(gray), str(good), "--checkpoint", str(checkpoint), "--out", str(out)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "bad.tif: FAILED" in err and "gray.tif: FAILED" in err and "Traceback" not in err
+    assert (out / "good_buildings.gpkg").exists() and (out / "good_mask.tif").exists()
+    with open(out / "failures.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [Path(r["raster"]).name for r in rows] == ["bad.tif", "gray.tif"]  # the batch's order
+    assert {r["kind"] for r in rows} == {"input"} and "has 1 band" in rows[1]["message"]
+    assert not list(out.glob("bad_*")) and not list(out.glob("gray_*"))  # nothing half-made
+    # the rerun with the broken files fixed redoes only them; the report of the last run goes away
+    bad.unlink()
+    gray.unlink()
+    assert main(["predict", str(good), "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    assert not (out / "failures.csv").exists()
+    # --fail-fast: stops at the first failure
+    assert main(["predict", str(bad), str(good), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "ff"),
+                 "--fail-fast"]) == 1
+    assert not (tmp_path / "ff" / "good_mask.tif").exists()
+
+
+def test_a_bug_keeps_its_traceback_and_the_batch_goes_on(checkpoint, tmp_path, capsys, monkeypatch):
+    import mtp_core.pipeline as pipeline
+
+    real = pipeline.extract_buildings
+    first = write_scene(render_scene(128, 128, 1), tmp_path / "a.tif")[0]
+    second = write_scene(render_scene(128, 128, 2), tmp_path / "b.tif")[0]
+
+    def buggy(predictor, raster, *args, **kwargs):
+        if Path(raster).name == "a.tif":
+            return {}["a key the code forgot"]  # a KeyError: a bug, not bad input
+        return real(predictor, raster, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "extract_buildings", buggy)
+    rc = main(["predict", str(first), str(second), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" in err and "KeyError" in err and "a bug in mtp_core" in err
+    assert (tmp_path / "o" / "b_buildings.gpkg").exists()
 
 
 def test_pixel_crs_runs_in_pixel_units(checkpoint, tmp_path):

@@ -6,7 +6,7 @@ import torch
 
 from mtp_core.models import create_model
 from mtp_core.models.rvsa import RVSAViT
-from mtp_core.testing import det_init_, stress_scale_
+from mtp_tools.testing import det_init_, stress_scale_
 
 
 def tiny(img_size: int, impl: str = "reference", **kwargs) -> RVSAViT:

@@ -11,8 +11,9 @@ import shapely
 from osgeo import gdal, ogr, osr
 from shapely.geometry import Polygon
 
-from mtp_core import synthetic
-from mtp_core.synthetic import generate_scene_files, main, rasterize_polygons, render_scene, write_scene
+from mtp_tools import synthetic
+from mtp_tools.synthetic import generate_scene_files, rasterize_polygons, render_scene, write_scene
+from mtp_tools.synthetic.cli import main
 
 GSD = 0.5
 ORIGIN = (500000.0, 4_500_000.0)
@@ -159,8 +160,8 @@ def test_writes_are_atomic(tmp_path, monkeypatch) -> None:
     def broken(*args):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(ogr, "CreateGeometryFromWkb", broken)
     scene_with_buildings = render_scene(256, 256, 2)
+    monkeypatch.setattr(ogr, "CreateGeometryFromWkb", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         write_scene(scene_with_buildings, tmp_path / "b.tif", tmp_path / "b.geojson")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.geojson", "a.tif", "b.tif"]

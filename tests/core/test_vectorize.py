@@ -10,24 +10,25 @@ import shapely
 from osgeo import gdal, osr
 from shapely import Point, Polygon, affinity, box
 
+from mtp_core.io import read_vector
 from mtp_core.progress import Cancelled
-from mtp_core.synthetic import rasterize_polygons, render_scene
-from mtp_core.geo import read_vector
 from mtp_core.vectorize import (
     FIELDS,
     VectorizeCancelled,
     VectorResult,
-    _ArrayRows,
-    _options,
-    _Run,
     vectorize_array,
     vectorize_raster,
     vectorize_raster_to_file,
 )
+from mtp_core.vectorize.stream import _ArrayRows, _options, _Run
+from mtp_tools.synthetic import rasterize_polygons, render_scene
 
 GSD = 0.5
 ORIGIN = (500000.0, 4500000.0)
 GT = (ORIGIN[0], GSD, 0.0, ORIGIN[1], 0.0, -GSD)
+#: UTM's scale on its central meridian, where these rasters sit: one grid metre is 1 / K0 metres on the ground, and
+#: areas and lengths are ground metres (mtp_core.io.metres)
+K0 = 0.9996
 RAW = {"min_area_m2": 0.0, "simplify_m": 0.0}
 
 
@@ -80,8 +81,8 @@ def test_area_is_pixel_count_times_pixel_area(scene):
     result = vectorize_array(scene.mask, GT, utm_wkt(), **RAW)
     total = sum(g.area for g in result.geometries)
     assert total == pytest.approx(scene.mask.sum() * GSD * GSD, rel=0.005)
-    assert result.attributes["area_m2"] == pytest.approx([g.area for g in result.geometries])
-    assert result.attributes["perimeter_m"] == pytest.approx([g.length for g in result.geometries])
+    assert result.attributes["area_m2"] == pytest.approx([g.area / K0**2 for g in result.geometries], rel=1e-6)
+    assert result.attributes["perimeter_m"] == pytest.approx([g.length / K0 for g in result.geometries], rel=1e-6)
     assert result.attributes["id"] == list(range(1, len(result) + 1))
     assert set(result.attributes["class"]) == {1}
 
@@ -178,8 +179,8 @@ def test_streamed_file_equals_in_memory_result_and_is_written_band_by_band(tmp_p
     # Polygons leave the run while bands are still being read: memory does not follow the raster's height.
     read: list[int] = []
     rows = _ArrayRows(tall, None)
-    run = _Run(rows, GT, utm_wkt(), _options(None, None, 64, 4.0, 0.25, False, "", "", lambda d, t: read.append(d),
-                                            None))
+    run = _Run(rows, GT, utm_wkt(), _options(None, None, 64, 4.0, 0.25, False, "", "",
+                                            lambda p: read.append(p.done), None))
     bands_read_at_chunk = [len(read) for _ in run.chunks()]
     assert len(bands_read_at_chunk) > 8 and bands_read_at_chunk[0] <= 8
     assert bands_read_at_chunk == sorted(bands_read_at_chunk)
@@ -189,7 +190,7 @@ def test_cancelled_file_is_not_written(tmp_path, scene):
     classes = write_tif(tmp_path / "classes.tif", scene.mask, GT, utm_wkt())
     bands: list[int] = []
     with pytest.raises(VectorizeCancelled):
-        vectorize_raster_to_file(classes, tmp_path / "b.gpkg", block_rows=64, progress=lambda d, t: bands.append(d),
+        vectorize_raster_to_file(classes, tmp_path / "b.gpkg", block_rows=64, progress=lambda p: bands.append(p.done),
                                  cancel=lambda: len(bands) >= 3)
     assert list(tmp_path.iterdir()) == [tmp_path / "classes.tif"]
 
@@ -202,8 +203,9 @@ def test_projected_raster_file_places_polygons_on_the_map(tmp_path):
     (polygon,) = result.geometries
     assert polygon.bounds == (ORIGIN[0] + 30 * GSD, ORIGIN[1] - 20 * GSD, ORIGIN[0] + 45 * GSD, ORIGIN[1] - 10 * GSD)
     assert len(polygon.exterior.coords) == 5
-    assert result.attributes["area_m2"] == [150 * GSD * GSD]
-    assert result.attributes["perimeter_m"] == [50 * GSD]
+    # to the nanometre precision of PROJ's projections over a pixel step
+    assert result.attributes["area_m2"] == pytest.approx([150 * GSD * GSD / K0**2], rel=1e-8)
+    assert result.attributes["perimeter_m"] == pytest.approx([50 * GSD / K0], rel=1e-8)
     assert result.attributes["source"] == ["classes.tif"] and result.attributes["model"] == ["mtp_vit_b_rvsa_upernet"]
     assert result.attributes["score"] == [None]
     assert osr.SpatialReference(result.crs_wkt).GetAuthorityCode(None) == "32633"
@@ -240,7 +242,7 @@ def test_min_area_drops_small_polygons_and_fills_small_holes():
     mask[25, 25] = 0
     mask[30:36, 40:46] = 0
     result = vectorize_array(mask, GT, utm_wkt(), min_area_m2=4.0, simplify_m=0.0)
-    assert sorted(result.attributes["area_m2"]) == [4.0, 300.0 - 9.0]
+    assert sorted(result.attributes["area_m2"]) == pytest.approx([4.0 / K0**2, (300.0 - 9.0) / K0**2], rel=1e-8)
     assert result.counts["small_dropped"] == 2 and result.counts["holes_filled"] == 1
     big = result.geometries[int(np.argmax(result.attributes["area_m2"]))]
     assert len(big.interiors) == 1
@@ -341,17 +343,27 @@ def test_nodata_and_class_selection(tmp_path):
 
 def test_progress_and_cancel(scene):
     calls: list[tuple[int, int]] = []
-    vectorize_array(scene.mask, GT, utm_wkt(), block_rows=64, progress=lambda d, t: calls.append((d, t)))
+    vectorize_array(scene.mask, GT, utm_wkt(), block_rows=64, progress=lambda p: calls.append((p.done, p.total)))
     assert calls == [(64, 300), (128, 300), (192, 300), (256, 300), (300, 300)]
 
     calls.clear()
     with pytest.raises(VectorizeCancelled):  # the user cancels after two bands: no third band is read
-        vectorize_array(scene.mask, GT, utm_wkt(), block_rows=64, progress=lambda d, t: calls.append((d, t)),
+        vectorize_array(scene.mask, GT, utm_wkt(), block_rows=64, progress=lambda p: calls.append((p.done, p.total)),
                         cancel=lambda: len(calls) >= 2)
     assert calls == [(64, 300), (128, 300)]
     assert issubclass(VectorizeCancelled, Cancelled)  # callers that catch any cancellation catch this one too
 
 
-def test_rotated_geotransform_is_refused():
-    with pytest.raises(ValueError, match="rotated"):
-        vectorize_array(np.ones((4, 4), np.uint8), (0, 1, 0.1, 0, 0, -1), utm_wkt())
+def test_rotated_rasters_are_placed_and_measured_on_their_own_grid():
+    """A geotransform with rotation: each pixel corner goes where the geotransform says, and measures are the same as
+    on the north-up grid (a rotation changes no area)."""
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    rotated = (ORIGIN[0], GSD * c, GSD * s, ORIGIN[1], GSD * s, -GSD * c)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[10:20, 30:45] = 1
+    (polygon,), attrs = (lambda r: (r.geometries, r.attributes))(vectorize_array(mask, rotated, utm_wkt(), **RAW))
+    corners = {tuple(np.round(gdal.ApplyGeoTransform(rotated, col, row), 6)) for col in (30, 45) for row in (10, 20)}
+    assert {tuple(np.round(xy, 6)) for xy in polygon.exterior.coords} == corners
+    north_up = vectorize_array(mask, GT, utm_wkt(), **RAW).attributes
+    assert attrs["area_m2"] == pytest.approx(north_up["area_m2"], rel=1e-6)
+    assert attrs["perimeter_m"] == pytest.approx(north_up["perimeter_m"], rel=1e-6)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mtp_core.synthetic import render_scene, write_scene
+from mtp_tools.synthetic import render_scene, write_scene
 
 from .test_plugin_zip import build
 

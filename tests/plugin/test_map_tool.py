@@ -24,12 +24,12 @@ from qgis.gui import QgsMapCanvas, QgsMapMouseEvent
 from qgis.PyQt.QtCore import QEvent, QPoint, Qt
 from qgis.PyQt.QtTest import QTest
 
-from mtp_core.cli import DEMO_CHECKPOINT
 from mtp_core.click import FIELDS, ClickSegmenter
-from mtp_core.geo import read_vector
 from mtp_core.inference import Predictor
+from mtp_core.io import read_vector
 from mtp_core.pipeline import extract_buildings
-from mtp_core.synthetic import render_scene, write_scene
+from mtp_core.weights import DEMO_CHECKPOINT
+from mtp_tools.synthetic import render_scene, write_scene
 from qgis_plugin.map_tool import ClickSegmentTool, create_building_layer, raster_path
 
 

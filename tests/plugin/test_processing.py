@@ -22,8 +22,8 @@ from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedb
 
 import qgis_plugin
 from mtp_core.cli import main as mtp
-from mtp_core.geo import read_vector
-from mtp_core.synthetic import render_scene, write_scene
+from mtp_core.io import read_vector
+from mtp_tools.synthetic import render_scene, write_scene
 from qgis_plugin.processing import MTPProvider
 
 REPO = Path(__file__).resolve().parents[2]

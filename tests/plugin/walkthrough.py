@@ -34,7 +34,6 @@ from qgis.core import (  # noqa: E402
 from qgis.PyQt.QtCore import QCoreApplication, QEvent, QSize  # noqa: E402
 from qgis.PyQt.QtGui import QColor  # noqa: E402
 from qgis.PyQt.QtWidgets import QDockWidget  # noqa: E402
-
 from qgis_iface import MainWindowInterface  # noqa: E402
 
 PLUGIN = "mtp_qgis"
@@ -72,7 +71,7 @@ def click_roofs(dock, canvas, scene: QgsRasterLayer, run: dict, count: int) -> d
     """Click ``count`` roofs (the largest buildings of the dock's run) with the dock's map tool."""
     import shapely  # the engine's dependencies come in with the installed plugin
 
-    from mtp_core.geo import read_vector
+    from mtp_core.io import read_vector
 
     canvas.setDestinationCrs(scene.crs())
     canvas.setLayers([scene])

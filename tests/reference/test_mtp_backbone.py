@@ -7,7 +7,7 @@ import pytest
 import timm
 import torch
 
-import mtp_core  # noqa: F401  (registers the models with timm)
+import mtp_core.models  # noqa: F401  (registers the models with timm)
 from mtp_core.models import create_model
 from mtp_core.models.rvsa import FullAttention, RVSAViT
 from tests.conftest import load_reference, shared_file

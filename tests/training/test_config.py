@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.builder import BuildError, build_segmentor, segmentation_loss, LossTerm
+from training.builder import BuildError, LossTerm, build_segmentor, segmentation_loss
 from training.config import ConfigError, apply_overrides, load_config, merge
 from training.loop import DEFAULTS
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from mtp_core.checkpoint import load_model, safe_load
-from mtp_core.cli import DEMO_CHECKPOINT
 from mtp_core.inference import Predictor
-from mtp_core.synthetic import render_scene
+from mtp_core.weights import DEMO_CHECKPOINT
+from mtp_tools.synthetic import render_scene
 
 UNSEEN_SEEDS = (424242, 515151, 606060)  # training used 1000..1047, validation 9000..9005
 

@@ -187,7 +187,7 @@ def test_bad_command_lines_are_explained(tiny_dataset: Path, tmp_path: Path, cap
 
 
 def test_test_command_on_georeferenced_spacenet_chips_writes_mask_geotiffs(tiny_dataset: Path, tmp_path: Path) -> None:
-    from mtp_core.geo import describe_raster
+    from mtp_core.io import describe_raster
     from tests.conftest import shared_file
     from training.test import main as test_main
 

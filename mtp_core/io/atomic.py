@@ -10,9 +10,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
+from typing import Iterator
 
 
 def _fsync(path: Path) -> None:
@@ -51,9 +49,3 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` that leaves either the old file or the complete new one, never a truncated checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)

@@ -8,27 +8,23 @@ Buildings cast shadows away from one sun per scene; roofs are shaded per facet (
 rooftop units; paved surfaces share colours with roofs so a model has to use shape, texture and shadow cues.
 
 Labels: ``Scene.buildings`` are shapely polygons in pixel coordinates (x right, y down, pixel edges on integers)
-and ``Scene.mask`` is their pixel-centre rasterization (:func:`rasterize_polygons`), so polygon areas and mask
+and ``Scene.mask`` is their pixel-centre rasterization (:func:`~mtp_tools.synthetic.rasterize.rasterize_polygons`, GDAL's rasterizer), so polygon areas and mask
 counts agree. Trees are kept off roofs (canopies are placed clear of buildings, and roofs are painted after
 canopies), so what a model sees as roof is exactly what the mask says is roof.
 
-Rendering is numpy + shapely in memory; :func:`write_scene` uses GDAL to write a GeoTIFF and a GeoJSON.
+Rendering is numpy + shapely in memory; :func:`~mtp_tools.synthetic.files.write_scene` writes a GeoTIFF and a
+GeoJSON.
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import shapely
-from osgeo import gdal, ogr, osr
 from shapely.geometry import LineString, Polygon, box
 
-from mtp_core.io_utils import atomic_path
+from mtp_tools.synthetic.rasterize import coverage, pixels_of, rasterize_polygons
 
 # Reference colours (sRGB, 0-255). Roofs and paved surfaces deliberately share tones (grey, dark, red, light).
 _PITCHED_ROOFS = np.array(
@@ -75,70 +71,6 @@ class Scene:
     def cover(self) -> float:
         """Fraction of pixels that are building."""
         return float(self.mask.mean())
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Rasterization
-
-
-def _scan_pixels(polygons: Sequence[Polygon], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices (row * width + col) of the pixels whose centres lie inside each polygon, with its polygon index.
-
-    Even-odd scanline fill at pixel-centre rows, so holes need no special case and the rule is the one GDAL's
-    rasterizer uses. Results are ordered by polygon, so assigning values in that order paints later polygons over
-    earlier ones (numpy keeps the last of repeated indices).
-    """
-    empty = np.zeros(0, np.int64)
-    if len(polygons) == 0:
-        return empty, empty
-    rings, owner = shapely.get_rings(np.asarray(polygons, dtype=object), return_index=True)
-    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
-    same_ring = ring_of[1:] == ring_of[:-1]
-    p, q = coords[:-1][same_ring], coords[1:][same_ring]
-    edge_poly = owner[ring_of[:-1][same_ring]]
-    # Rows whose centre y + 0.5 lies in [y_lo, y_hi): half-open, so every row crosses a ring an even number of times.
-    r0 = np.clip(np.ceil(np.minimum(p[:, 1], q[:, 1]) - 0.5), 0, height).astype(np.int64)
-    r1 = np.clip(np.ceil(np.maximum(p[:, 1], q[:, 1]) - 0.5), 0, height).astype(np.int64)
-    edge = np.repeat(np.arange(len(r0)), r1 - r0)
-    if edge.size == 0:
-        return empty, empty
-    rows = _ramp(r1 - r0) + r0[edge]
-    px, py, qx, qy = p[edge, 0], p[edge, 1], q[edge, 0], q[edge, 1]
-    xs = px + (rows + 0.5 - py) * (qx - px) / (qy - py)
-    polys = edge_poly[edge]
-    order = np.lexsort((xs, rows, polys))
-    xs = xs[order].reshape(-1, 2)
-    rows, polys = rows[order][0::2], polys[order][0::2]
-    c0 = np.clip(np.ceil(xs[:, 0] - 0.5), 0, width).astype(np.int64)
-    c1 = np.clip(np.ceil(xs[:, 1] - 0.5), 0, width).astype(np.int64)
-    lengths = np.maximum(c1 - c0, 0)
-    flat = np.repeat(rows * width + c0, lengths) + _ramp(lengths)
-    return flat, np.repeat(polys, lengths)
-
-
-def _ramp(lengths: np.ndarray) -> np.ndarray:
-    """0, 1, .., n0-1, 0, 1, .., n1-1, ...: the offsets inside each run, without a Python loop."""
-    total = int(lengths.sum())
-    return np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-
-
-def rasterize_polygons(polygons: Sequence[Polygon], height: int, width: int) -> np.ndarray:
-    """Label image (int32): pixel = 1 + index of the polygon containing its centre, 0 where none does.
-
-    Polygons are in pixel coordinates (x right, y down, pixel edges on integers); where polygons overlap the later
-    one wins. ``rasterize_polygons(scene.buildings, h, w) > 0`` is exactly ``scene.mask``.
-    """
-    labels = np.zeros(height * width, np.int32)
-    flat, poly = _scan_pixels(polygons, height, width)
-    labels[flat] = poly + 1
-    return labels.reshape(height, width)
-
-
-def _coverage(polygons: Sequence[Polygon], height: int, width: int) -> np.ndarray:
-    """Boolean (H*W,) union of possibly overlapping polygons."""
-    cover = np.zeros(height * width, bool)
-    cover[_scan_pixels(polygons, height, width)[0]] = True
-    return cover
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -192,7 +124,7 @@ def _rotation(angle: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def _apply(m: np.ndarray, geom):
+def apply_affine(m: np.ndarray, geom):
     """Affine 3x3 ``m`` applied to a shapely geometry or an array of them."""
     return shapely.transform(geom, lambda xy: xy @ m[:2, :2].T + m[:2, 2])
 
@@ -229,8 +161,8 @@ class _Building:
     vents: list[Polygon]  # rooftop units (flat roofs)
 
     def moved(self, m: np.ndarray) -> "_Building":
-        return _Building(_apply(m, self.footprint), _apply_xy(m, self.parts), self.roof, self.rgb, self.height_m,
-                         self.pitch, self.solar, [_apply(m, v) for v in self.vents])
+        return _Building(apply_affine(m, self.footprint), _apply_xy(m, self.parts), self.roof, self.rgb, self.height_m,
+                         self.pitch, self.solar, [apply_affine(m, v) for v in self.vents])
 
 
 @dataclass
@@ -350,7 +282,7 @@ class _LotWriter:
         self.plan.buildings.append(b.moved(self.m))
 
     def add(self, layer: str, geom: Polygon, value=None) -> None:
-        getattr(self.plan, layer).append((_apply(self.m, geom), value))
+        getattr(self.plan, layer).append((apply_affine(self.m, geom), value))
 
     def car(self, corners: np.ndarray, rgb: np.ndarray) -> None:
         self.plan.cars.append((_apply_xy(self.m, corners), rgb))
@@ -527,7 +459,7 @@ def _layout(rng: np.random.Generator, height: int, width: int, gsd_m: float, sty
     w_m, h_m = width * gsd_m, height * gsd_m
     reach = 0.5 * np.hypot(w_m, h_m) + 40.0
     to_frame = _rotation(-style.grid_angle) @ _shift(-w_m / 2, -h_m / 2)
-    view = _apply(to_frame, box(0, 0, w_m, h_m)).buffer(20.0)
+    view = apply_affine(to_frame, box(0, 0, w_m, h_m)).buffer(20.0)
     shapely.prepare(view)
     mains = [_street(rng, -reach - rng.uniform(0, 60.0))]
     while mains[-1].centre < reach + 60.0:
@@ -649,7 +581,7 @@ def _to_pixels(plan: _Plan, m: np.ndarray) -> _Plan:
     def layer(items: list) -> list:
         if not items:
             return []
-        geoms = _apply(m, np.array([g for g, _ in items], dtype=object))
+        geoms = apply_affine(m, np.array([g for g, _ in items], dtype=object))
         return list(zip(geoms, [v for _, v in items]))
 
     out = _Plan(**{name: layer(getattr(plan, name)) for name in
@@ -688,7 +620,7 @@ def _paint_items(img: np.ndarray, items: list, height: int, width: int, tex: _Te
     """Paints polygons with their own colours (or ``default_rgb``), textured; later polygons on top."""
     if not items:
         return
-    idx, poly = _scan_pixels([g for g, _ in items], height, width)
+    idx, poly = pixels_of([g for g, _ in items], height, width)
     if default_rgb is None:
         rgb = np.array([v for _, v in items], np.float32)[poly]
     else:
@@ -704,7 +636,7 @@ def _ground(plan: _Plan, style: _Style, tex: _Textures, height: int, width: int)
     img = base * (1 - lush) + _LUSH * lush
     img *= (1.0 + 0.08 * tex.mid.ravel() + 0.10 * tex.fine.ravel() + 0.05 * tex.grain.ravel())[:, None]
     if plan.lots:
-        idx, lot = _scan_pixels([g for g, _ in plan.lots], height, width)
+        idx, lot = pixels_of([g for g, _ in plan.lots], height, width)
         img[idx] *= np.array([v for _, v in plan.lots], np.float32)[lot]
     _paint_items(img, plan.hedges, height, width, tex, (0.1, 0.25, 0.08), _HEDGE)
     return img
@@ -712,14 +644,14 @@ def _ground(plan: _Plan, style: _Style, tex: _Textures, height: int, width: int)
 
 def _streets(img: np.ndarray, plan: _Plan, style: _Style, tex: _Textures, height: int, width: int) -> None:
     _paint_items(img, plan.paved, height, width, tex, (0.06, 0.04, 0.03))
-    sidewalk = _coverage([g for g, _ in plan.sidewalks], height, width)
-    road = _coverage([g for g, _ in plan.roads], height, width)
+    sidewalk = coverage([g for g, _ in plan.sidewalks], height, width)
+    road = coverage([g for g, _ in plan.roads], height, width)
     idx = np.flatnonzero(sidewalk & ~road)
     img[idx] = _SIDEWALK * tex.at(idx, 0.05, 0.03, 0.03)
     idx = np.flatnonzero(road)
     img[idx] = style.asphalt * tex.at(idx, 0.1, 0.05, 0.04) * (1.0 + 0.08 * tex.low.flat[idx])[:, None]
     if plan.markings:
-        idx = _scan_pixels([g for g, _ in plan.markings], height, width)[0]
+        idx = pixels_of([g for g, _ in plan.markings], height, width)[0]
         alpha = np.float32(0.75 * min(1.0, 0.15 / style.line_w) + 0.2)
         img[idx] = img[idx] * (1 - alpha) + style.marking * alpha
 
@@ -808,7 +740,7 @@ def _part_under(idx: np.ndarray, bld: np.ndarray, plan: _Plan, parts: np.ndarray
     part_bld = np.repeat(np.arange(len(plan.buildings)), counts)
     first_part = np.cumsum([0] + counts[:-1])
     part_map = np.full(height * width, -1, np.int64)
-    flat, part = _scan_pixels(list(shapely.polygons(parts)), height, width)
+    flat, part = pixels_of(list(shapely.polygons(parts)), height, width)
     part_map[flat] = part
     part = part_map[idx]
     # A pixel on a footprint edge can miss every rectangle by rounding: it takes its building's main part.
@@ -882,7 +814,7 @@ def _rooftop(img: np.ndarray, mask: np.ndarray, plan: _Plan, tex: _Textures, hei
     vents = [v for b in plan.buildings for v in b.vents]
     if not vents:
         return
-    shade = _coverage(_swept(vents, np.repeat(shadow_px_per_m[None, :] * 1.2, len(vents), axis=0)), height, width)
+    shade = coverage(_swept(vents, np.repeat(shadow_px_per_m[None, :] * 1.2, len(vents), axis=0)), height, width)
     idx = np.flatnonzero(shade & mask)
     img[idx] *= 0.62
     _paint_items(img, [(v, None) for v in vents], height, width, tex, (0.02, 0.03, 0.03), _VENT)
@@ -963,7 +895,7 @@ def _cast_shadows(plan: _Plan, shadow_px_per_m: np.ndarray, height: int, width: 
     """Ground covered by the shadows of buildings (each by its own height) and cars (1.5 m), as a flat mask."""
     casters = [b.footprint for b in plan.buildings] + [shapely.polygons(c) for c, _ in plan.cars]
     heights = np.array([b.height_m for b in plan.buildings] + [1.5] * len(plan.cars))
-    return _coverage(_swept(casters, heights[:, None] * shadow_px_per_m[None, :]), height, width)
+    return coverage(_swept(casters, heights[:, None] * shadow_px_per_m[None, :]), height, width)
 
 
 def _soften(mask: np.ndarray) -> np.ndarray:
@@ -972,102 +904,3 @@ def _soften(mask: np.ndarray) -> np.ndarray:
     f[1:-1] = (f[:-2] + f[1:-1] + f[2:]) / 3
     f[:, 1:-1] = (f[:, :-2] + f[:, 1:-1] + f[:, 2:]) / 3
     return f
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Files
-
-
-def write_scene(scene: Scene, tif_path: str | os.PathLike, geojson_path: str | os.PathLike | None = None,
-                epsg: int = 32633, origin: tuple[float, float] = (500000.0, 4_500_000.0)) -> tuple[Path, Path | None]:
-    """Writes the image as a north-up GeoTIFF and, if asked, the buildings as GeoJSON in the same CRS.
-
-    ``origin`` is the map position of the image's top-left corner; the pixel size is ``scene.gsd_m`` CRS units.
-    Both files go through :func:`mtp_core.io_utils.atomic_path`, so a reader never sees a half-written file.
-    """
-    gdal.UseExceptions()  # a failed write must raise, not leave a half-made file behind
-    ogr.UseExceptions()
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(epsg)
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    with atomic_path(tif_path) as tmp:
-        _write_geotiff(tmp, scene.image, (origin[0], scene.gsd_m, 0.0, origin[1], 0.0, -scene.gsd_m), srs)
-    if geojson_path is None:
-        return Path(tif_path), None
-    to_map = np.array([[scene.gsd_m, 0.0, origin[0]], [0.0, -scene.gsd_m, origin[1]], [0.0, 0.0, 1.0]])
-    with atomic_path(geojson_path) as tmp:
-        tmp.unlink()  # the GeoJSON driver refuses to write over a file, even an empty one
-        _write_geojson(tmp, [_apply(to_map, p) for p in scene.buildings], srs)
-    return Path(tif_path), Path(geojson_path)
-
-
-def _write_geotiff(path: Path, image: np.ndarray, geotransform: tuple, srs: osr.SpatialReference) -> None:
-    height, width, bands = image.shape
-    ds = gdal.GetDriverByName("GTiff").Create(
-        str(path), width, height, bands, gdal.GDT_Byte,
-        ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "PREDICTOR=2", "PHOTOMETRIC=RGB"])
-    ds.SetGeoTransform(geotransform)
-    ds.SetProjection(srs.ExportToWkt())
-    for band in range(bands):
-        ds.GetRasterBand(band + 1).WriteArray(image[:, :, band])
-    ds.FlushCache()
-    ds = None  # closing is what completes the file
-
-
-def _write_geojson(path: Path, polygons: list[Polygon], srs: osr.SpatialReference) -> None:
-    """Polygons with ``id`` (1-based) and ``class``; RFC7946=NO keeps the projected CRS and names it in ``crs``."""
-    ds = ogr.GetDriverByName("GeoJSON").CreateDataSource(str(path))
-    layer = ds.CreateLayer("buildings", srs, ogr.wkbPolygon, ["RFC7946=NO", "COORDINATE_PRECISION=6"])
-    layer.CreateField(ogr.FieldDefn("id", ogr.OFTInteger))
-    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
-    for i, polygon in enumerate(polygons):
-        feature = ogr.Feature(layer.GetLayerDefn())
-        feature.SetField("id", i + 1)
-        feature.SetField("class", "building")
-        feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(polygon)))
-        layer.CreateFeature(feature)
-    ds = None  # closing is what completes the file
-
-
-def generate_scene_files(out_dir: str | os.PathLike, name: str, height: int, width: int, seed: int,
-                         gsd_m: float = 0.5, epsg: int = 32633) -> tuple[Path, Path]:
-    """Renders one scene and writes ``out_dir/name.tif`` and ``out_dir/name.geojson``."""
-    tif, geojson = Path(out_dir) / f"{name}.tif", Path(out_dir) / f"{name}.geojson"
-    write_scene(render_scene(height, width, seed, gsd_m), tif, geojson, epsg=epsg)
-    return tif, geojson
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mtp_core.synthetic OUT_DIR --size 1024 --seed 0 --count 3``: writes NAME_i.tif/.geojson."""
-    parser = argparse.ArgumentParser(prog="python -m mtp_core.synthetic",
-                                     description="Write synthetic aerial scenes (GeoTIFF) with building labels "
-                                                 "(GeoJSON).")
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--size", type=int, default=1024, help="scene height and width in pixels (default 1024)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first scene; scene i uses seed + i")
-    parser.add_argument("--count", type=int, default=1, help="number of scenes (default 1)")
-    parser.add_argument("--gsd", type=float, default=0.5, help="metres per pixel (default 0.5)")
-    parser.add_argument("--epsg", type=int, default=32633, help="projected CRS of the outputs (default 32633)")
-    parser.add_argument("--name", default="scene", help="file name prefix (default scene)")
-    parser.add_argument("--layout", choices=("flat", "spacenet"), default="flat",
-                        help="flat: NAME_i.tif + NAME_i.geojson; spacenet: SpaceNet v1's 3band/3band_NAME_img<i>.tif "
-                             "+ vectorData/geoJson/NAME_img<i>_Geo.geojson, for training.data's raw SpaceNet dataset")
-    args = parser.parse_args(argv)
-    if args.size <= 0 or args.count <= 0 or args.gsd <= 0:
-        parser.error("--size, --count and --gsd must be positive")
-    for i in range(args.count):
-        scene = render_scene(args.size, args.size, args.seed + i, args.gsd)
-        if args.layout == "spacenet":
-            chip = f"{args.name}_img{i + 1}"
-            paths = (args.out_dir / "3band" / f"3band_{chip}.tif",
-                     args.out_dir / "vectorData" / "geoJson" / f"{chip}_Geo.geojson")
-        else:
-            paths = (args.out_dir / f"{args.name}_{i}.tif", args.out_dir / f"{args.name}_{i}.geojson")
-        tif, geojson = write_scene(scene, *paths, epsg=args.epsg)
-        print(f"{tif} + {geojson}: seed {args.seed + i}, {len(scene.buildings)} buildings, "
-              f"{scene.cover:.1%} building cover")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,61 +1,48 @@
-"""GDAL raster access for the inference engine: describe a raster, plan how a model sees it, read windows, stream a
-GeoTIFF out, and warp a result back onto the source grid.
+"""GDAL raster input for the inference engine: describe a raster, plan how a model sees it, read windows.
 
 Why a read plan: a model is trained at one ground resolution in metres. A raster in degrees, or far from that
-resolution, is read through an in-memory GDAL warped VRT in a metric CRS (the raster's own if projected, else the
-UTM zone of its centre) at exactly the model's resolution, north-up; GDAL then warps only the windows that are read,
-so nothing of the raster's size is held in memory. Results produced on that model grid go back to the raster's own
-grid with :func:`warp_to_grid`, so outputs are delivered in the layer's CRS.
+resolution, is read through an in-memory GDAL warped VRT in a metric CRS (the raster's own if projected, else the UTM
+zone of its centre) at exactly the model's resolution, north-up; GDAL then warps only the windows that are read, so
+nothing of the raster's size is held in memory. Results produced on that model grid go back to the raster's own grid
+with :func:`mtp_core.io.geotiff.warp_to_grid`, so outputs are delivered in the layer's CRS. Rotated rasters (a
+geotransform with rotation terms) are read as they are: the model sees the image as it was taken, and the outputs
+share its grid. Ground metres follow :mod:`mtp_core.io.metres`.
 
 Validity: :func:`read_window` returns the pixels and a boolean ``valid`` mask. A pixel is invalid when every band
 read is nodata (GDAL's mask bands: nodata values, alpha band or internal mask), when any band is NaN/inf, or when it
 lies outside the source footprint (warped reads) or outside the raster (boundless windows). Invalid pixels read as 0.
 
+Damaged files: a block GDAL cannot decode (a truncated or corrupt GeoTIFF) is a :class:`GeoError` naming the file
+and the window, raised by the read that meets it.
+
 Threads: a ``gdal.Dataset`` handle must only be used by one thread at a time. A background reader thread gets its
 own handle from :meth:`ReadPlan.reopen`; the plan's ``dataset`` belongs to the thread that made the plan.
-
-This module turns on GDAL/OSR Python exceptions (``gdal.UseExceptions()``), as the rest of the project does.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from types import TracebackType
 from typing import Sequence, Union
 
 import numpy as np
 from osgeo import gdal, gdal_array, osr
 
-from mtp_core.io_utils import atomic_path
-
-gdal.UseExceptions()
-osr.UseExceptions()
+from mtp_core.errors import GeoError
+from mtp_core.io.gdal_errors import gdal_exceptions, quiet_gdal, raises_gdal_errors
+from mtp_core.io.metres import GroundFrame, apply_geotransform
 
 #: Geotransform QGIS gives a raster without one (row 0 on top, y growing upwards); pixel-unit outputs use it too,
 #: so they overlay the raster where QGIS draws it.
 PIXEL_GEOTRANSFORM = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
 
-#: Map grids built for surveying (UTM, national grids) keep their scale error under 0.1 %: their units are taken as
-#: ground metres. Beyond this relative error (web Mercator: 41 % at 45° latitude) the ground size is measured instead.
-_SCALE_ERROR_LIMIT = 0.01
-
-_RESAMPLING = {"nearest": "near", "bilinear": "bilinear", "cubic": "cubic", "average": "average", "mode": "mode"}
-
-
-class GeoError(ValueError):
-    """Bad geodata input or output: the message says what is wrong and what to do about it."""
-
-
 @dataclass(frozen=True)
 class RasterInfo:
     """What the pipeline needs to know about a raster, read once from its header.
 
-    ``pixel_size_m`` is the ground size of a pixel (along columns, along rows) at the raster centre in metres, also
-    for rasters in degrees. Without georeference (``--pixel-crs``) ``crs_wkt`` is '', the geotransform is the
+    ``pixel_size_m`` is the ground size of a pixel (along columns, along rows) at the raster centre in metres, for
+    any CRS (:mod:`mtp_core.io.metres`). Without georeference (``--pixel-crs``) ``crs_wkt`` is '', the geotransform is the
     raster's own or :data:`PIXEL_GEOTRANSFORM`, and ``pixel_size_m`` is the geotransform's pixel size in its
     unknown units.
     """
@@ -73,15 +60,23 @@ class RasterInfo:
     pixel_size_m: tuple[float, float]
     bounds: tuple[float, float, float, float]
     has_georeference: bool
+    #: what messages call the raster: its path, or the user's file when ``path`` is a temporary VRT over it
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.path)
 
 
-def describe_raster(path: str | os.PathLike, allow_pixel_crs: bool = False) -> RasterInfo:
+@raises_gdal_errors
+def describe_raster(path: str | os.PathLike, allow_pixel_crs: bool = False, label: str = "") -> RasterInfo:
     """Reads a raster's header: size, bands, dtype, nodata, CRS and ground pixel size.
 
     Raises :class:`GeoError` for a missing/unreadable file, a non-raster, an empty raster, and (unless
     ``allow_pixel_crs``) a raster without georeference, since distances and positions would be meaningless.
+    ``label``: what to call the raster in messages (default: its path).
     """
-    name = _dataset_name(path)
+    name = dataset_name(path)
     ds = open_raster(name)
     width, height, count = ds.RasterXSize, ds.RasterYSize, ds.RasterCount
     if width == 0 or height == 0 or count == 0:
@@ -99,15 +94,16 @@ def describe_raster(path: str | os.PathLike, allow_pixel_crs: bool = False) -> R
         geotransform = tuple(float(v) for v in gt)
         srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
         crs_wkt, epsg, is_geographic = srs.ExportToWkt(), _epsg(srs), bool(srs.IsGeographic())
-        pixel_size_m = _ground_pixel_size(srs, geotransform, width, height)
+        pixel_size_m = _ground_pixel_size(crs_wkt, geotransform, width, height)
     else:
         geotransform = tuple(float(v) for v in gt) if gt is not None else PIXEL_GEOTRANSFORM
         crs_wkt, epsg, is_geographic = "", None, False
         pixel_size_m = _nominal_pixel_size(geotransform)
     return RasterInfo(name, width, height, count, dtype, nodata, crs_wkt, epsg, geotransform, is_geographic,
-                      pixel_size_m, _bounds(geotransform, width, height), has_georeference)
+                      pixel_size_m, _bounds(geotransform, width, height), has_georeference, label)
 
 
+@raises_gdal_errors
 def open_raster(name: str) -> gdal.Dataset:
     """Opens a raster read-only, turning GDAL's terse failures into messages that say what to do."""
     try:
@@ -145,11 +141,13 @@ class ReadPlan:
     info: RasterInfo
     vrt_xml: str = ""
 
+    @raises_gdal_errors
     def reopen(self) -> gdal.Dataset:
         """A new handle on the same pixels, for another thread (GDAL handles are not thread-safe)."""
         return gdal.Open(self.vrt_xml) if self.warped else open_raster(self.info.path)
 
 
+@raises_gdal_errors
 def plan_read(info: RasterInfo, target_gsd_m: float | None, tolerance: float = 1.25) -> ReadPlan:
     """Decides whether the model reads the raster directly or through a warped VRT, and opens it.
 
@@ -188,6 +186,19 @@ def read_window(source: Source, x: int, y: int, w: int, h: int,
     The window may extend past the raster (boundless): pixels outside read 0 with ``valid`` False. See the module
     docstring for what makes a pixel invalid. Use a handle owned by the calling thread.
     """
+    with gdal_exceptions(), quiet_gdal():
+        try:
+            return _read_window(source, x, y, w, h, bands)
+        except RuntimeError as exc:  # GDAL could not decode a block: a damaged or truncated file
+            name = source.info.label if isinstance(source, ReadPlan) else source.GetDescription()
+            raise GeoError(f"cannot read {name}: the pixels of window x={x}, y={y}, {w} x {h} px"
+                           f"{' (on the warped model grid)' if isinstance(source, ReadPlan) and source.warped else ''}"
+                           f" are damaged or missing ({_first_line(exc)}); the file is incomplete or corrupt: copy it "
+                           f"again or repair it (gdalinfo -checksum shows which blocks fail)") from exc
+
+
+def _read_window(source: Source, x: int, y: int, w: int, h: int,
+                 bands: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     ds = source.dataset if isinstance(source, ReadPlan) else source
     count = source.info.band_count if isinstance(source, ReadPlan) else ds.RasterCount  # not a warp's alpha band
     bands = [int(b) for b in bands]
@@ -209,167 +220,11 @@ def read_window(source: Source, x: int, y: int, w: int, h: int,
     return data, valid
 
 
-class GeoTiffWriter:
-    """Streams a tiled, compressed GeoTIFF to disk; the file appears, complete, only when the block exits cleanly.
-
-    Writes are buffered until whole rows of tiles are complete, then handed to GDAL and flushed, so memory holds about
-    one row of tiles plus the latest write, never the raster, and no compressed tile is written twice. Write in row
-    order for that bound; a write above rows already flushed is still correct (GDAL rewrites those tiles).
-    On an exception inside the block (a cancel included) the temporary file is removed and no output is left.
-    Rows never written read as ``nodata`` (0 when unset).
-    """
-
-    def __init__(self, path: str | os.PathLike, width: int, height: int, band_count: int, dtype: np.dtype | str,
-                 geotransform: Sequence[float], crs_wkt: str, nodata: float | None = None, block: int = 256,
-                 compress: str = "DEFLATE") -> None:
-        if width <= 0 or height <= 0 or band_count <= 0:
-            raise ValueError(f"raster size must be positive, got {width} x {height} x {band_count} bands")
-        if block < 16 or block % 16:
-            raise ValueError(f"GeoTIFF tiles are multiples of 16 pixels, got block={block}")
-        self.path = Path(path)
-        self.width, self.height, self.band_count, self.block = width, height, band_count, block
-        self.dtype = np.dtype(dtype)
-        self._gdal_type = _gdal_type(self.dtype)
-        self.geotransform = tuple(float(v) for v in geotransform)
-        self.crs_wkt = crs_wkt
-        self.nodata = nodata
-        self.compress = compress.upper()
-        self._stack: contextlib.ExitStack | None = None
-        self._ds: gdal.Dataset | None = None
-        self._next_row = 0  # rows above this one have been handed to GDAL
-        self._buffer = np.empty((band_count, 0, width), self.dtype)  # allocated once it is big enough, then reused
-        self._written = np.empty((0, width), bool)
-        self._used = 0  # buffer rows in play, from _next_row (whole rows of tiles)
-
-    def __enter__(self) -> "GeoTiffWriter":
-        stack = contextlib.ExitStack()
-        try:
-            tmp = stack.enter_context(atomic_path(self.path))
-        except OSError as exc:
-            raise GeoError(f"cannot write {self.path}: {exc}; choose a writable output folder") from exc
-        try:
-            self._ds = _create_geotiff(tmp, self.width, self.height, self.band_count, self._gdal_type,
-                                       self.geotransform, self.crs_wkt, self.nodata, self.block, self.compress)
-        except BaseException as exc:
-            stack.__exit__(type(exc), exc, exc.__traceback__)
-            if isinstance(exc, RuntimeError):
-                raise GeoError(f"cannot create {self.path}: {exc}; check the folder and free disk space") from exc
-            raise
-        self._stack = stack
-        return self
-
-    def write(self, array: np.ndarray, x_off: int, y_off: int) -> None:
-        """Writes ``array`` ((bands, h, w), or (h, w) for one band) with its top-left pixel at (x_off, y_off)."""
-        if self._ds is None:
-            raise RuntimeError("GeoTiffWriter.write is only valid inside its with-block")
-        a = np.asarray(array)
-        a = a[None] if a.ndim == 2 else a
-        if a.ndim != 3 or a.shape[0] != self.band_count:
-            raise ValueError(f"expected ({self.band_count}, h, w) or (h, w) for one band, got shape {np.shape(array)}")
-        _, h, w = a.shape
-        if x_off < 0 or y_off < 0 or x_off + w > self.width or y_off + h > self.height:
-            raise ValueError(f"window ({x_off}, {y_off}, {w}, {h}) is outside the {self.width} x {self.height} raster")
-        if not np.can_cast(a.dtype, self.dtype, "same_kind"):
-            raise ValueError(f"cannot store {a.dtype} in a {self.dtype} raster without changing values; convert "
-                             f"it first (round/clip, then .astype(np.{self.dtype}))")
-        if y_off < self._next_row:  # rows already flushed: GDAL re-reads and rewrites those tiles
-            above = min(self._next_row - y_off, h)
-            self._write_gdal(a[:, :above], x_off, y_off)
-            a, y_off, h = a[:, above:], y_off + above, h - above
-            if h == 0:
-                return
-        self._grow_buffer(y_off + h - self._next_row)
-        r = y_off - self._next_row
-        self._buffer[:, r:r + h, x_off:x_off + w] = a
-        self._written[r:r + h, x_off:x_off + w] = True
-        self._flush_complete_rows()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
-        stack, self._stack = self._stack, None
-        try:
-            if exc_type is None:
-                self._emit(self._used)
-                self._ds.FlushCache()
-        except BaseException as failure:
-            self._ds = None
-            stack.__exit__(type(failure), failure, failure.__traceback__)
-            raise
-        self._ds = None  # closes the file before it is renamed (or removed)
-        return bool(stack.__exit__(exc_type, exc, tb))
-
-    def _grow_buffer(self, rows: int) -> None:
-        rows = -(-rows // self.block) * self.block
-        if rows > self._buffer.shape[1]:
-            fill = 0 if self.nodata is None else self.nodata
-            buffer = np.full((self.band_count, rows, self.width), fill, self.dtype)
-            written = np.zeros((rows, self.width), bool)
-            buffer[:, :self._used] = self._buffer[:, :self._used]
-            written[:self._used] = self._written[:self._used]
-            self._buffer, self._written = buffer, written
-        self._used = max(self._used, rows)
-
-    def _flush_complete_rows(self) -> None:
-        done = self._written[:self._used].all(axis=1)
-        complete = done.size if done.all() else int(np.argmin(done))
-        if self._next_row + complete < self.height:
-            complete -= complete % self.block  # only whole rows of tiles, so no tile is compressed twice
-        if complete:
-            self._emit(complete)
-            self._ds.FlushCache()  # the finished tiles leave GDAL's block cache
-
-    def _emit(self, rows: int) -> None:
-        """Hands the first ``rows`` buffered rows to GDAL; the rows below move up in the same buffer."""
-        rows = min(rows, self.height - self._next_row)
-        if rows <= 0:
-            return
-        self._write_gdal(self._buffer[:, :rows], 0, self._next_row)
-        left = max(self._used - rows, 0)
-        self._buffer[:, :left] = self._buffer[:, rows:rows + left].copy()
-        self._written[:left] = self._written[rows:rows + left]
-        self._buffer[:, left:self._used] = 0 if self.nodata is None else self.nodata
-        self._written[left:self._used] = False
-        self._used = left
-        self._next_row += rows
-
-    def _write_gdal(self, a: np.ndarray, x_off: int, y_off: int) -> None:
-        self._ds.WriteArray(np.ascontiguousarray(a, self.dtype), x_off, y_off)
-
-
-def warp_to_grid(src_path: str | os.PathLike, dst_path: str | os.PathLike, like: RasterInfo,
-                 resampling: str = "nearest") -> Path:
-    """Resamples a raster made on the model grid onto ``like``'s grid and CRS, written atomically as a GeoTIFF.
-
-    ``nearest`` keeps class ids exact; ``bilinear`` suits probabilities. Source nodata stays nodata and pixels of
-    ``like`` outside the source's footprint become nodata (0 when the source has none). Rotated grids work too.
-    """
-    alg = _RESAMPLING.get(resampling)
-    if alg is None:
-        raise GeoError(f"unknown resampling {resampling!r}; use one of {sorted(_RESAMPLING)}")
-    if not like.has_georeference:
-        raise GeoError(f"{like.path} has no georeference, so there is no grid to warp onto; keep the model-grid output")
-    src = open_raster(_dataset_name(src_path))
-    if src.GetGeoTransform(can_return_null=True) is None or src.GetSpatialRef() is None:
-        raise GeoError(f"{src_path} has no georeference; it must be the model-grid output written with its CRS")
-    band = src.GetRasterBand(1)
-    nodata = band.GetNoDataValue()
-    try:
-        with atomic_path(dst_path) as tmp:
-            dst = _create_geotiff(tmp, like.width, like.height, src.RasterCount, band.DataType, like.geotransform,
-                                  like.crs_wkt, nodata, 256, "DEFLATE")
-            gdal.Warp(dst, src, resampleAlg=alg, warpOptions=["INIT_DEST=NO_DATA", "OPTIMIZE_SIZE=TRUE"])
-            dst.FlushCache()
-            dst = None
-    except OSError as exc:
-        raise GeoError(f"cannot write {dst_path}: {exc}; choose a writable output folder") from exc
-    return Path(dst_path)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 
 
-def _dataset_name(path: str | os.PathLike) -> str:
+def dataset_name(path: str | os.PathLike) -> str:
     """Absolute path for files (so reopened handles and VRTs find them); GDAL names (/vsi..., GPKG:...) as given."""
     name = os.fspath(path)
     return os.path.abspath(name) if os.path.exists(name) else name
@@ -414,14 +269,6 @@ def _band_dtype(ds: gdal.Dataset, name: str) -> str:
     return np.dtype(code).name
 
 
-def _gdal_type(dtype: np.dtype) -> int:
-    code = None if dtype == np.int8 else gdal_array.NumericTypeCodeToGDALTypeCode(dtype)  # GDAL 3.6 maps int8 to Byte
-    if code is None:
-        raise ValueError(f"GeoTIFF cannot store dtype {dtype}; use uint8, int16, uint16, int32, uint32, float32 "
-                         f"or float64")
-    return code
-
-
 def _epsg(srs: osr.SpatialReference) -> int | None:
     if srs.GetAuthorityName(None) == "EPSG" and srs.GetAuthorityCode(None):
         return int(srs.GetAuthorityCode(None))
@@ -434,12 +281,12 @@ def _epsg(srs: osr.SpatialReference) -> int | None:
     return int(code) if code else None
 
 
-def _apply(gt: Sequence[float], col: float, row: float) -> tuple[float, float]:
-    return gt[0] + col * gt[1] + row * gt[2], gt[3] + col * gt[4] + row * gt[5]
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _bounds(gt: Sequence[float], width: int, height: int) -> tuple[float, float, float, float]:
-    xs, ys = zip(*(_apply(gt, c, r) for c in (0, width) for r in (0, height)))
+    xs, ys = zip(*(apply_geotransform(gt, c, r) for c in (0, width) for r in (0, height)))
     return min(xs), min(ys), max(xs), max(ys)
 
 
@@ -448,41 +295,13 @@ def _nominal_pixel_size(gt: Sequence[float]) -> tuple[float, float]:
     return math.hypot(gt[1], gt[4]), math.hypot(gt[2], gt[5])
 
 
-def _ground_pixel_size(srs: osr.SpatialReference, gt: Sequence[float], width: int,
-                       height: int) -> tuple[float, float]:
-    """Ground metres of one pixel step at the raster centre, measured on the CRS's ellipsoid.
-
-    The centre and its two neighbours are taken to longitude/latitude; local meridional and prime-vertical radii turn
-    the differences into metres. Projected CRSs whose units are within 1 % of that keep their nominal units, so a
-    0.5 m UTM raster reports exactly 0.5 m.
-    """
-    cx, cy = _apply(gt, width / 2.0, height / 2.0)
-    points = [(cx, cy), (cx + gt[1], cy + gt[4]), (cx + gt[2], cy + gt[5])]
-    nominal = tuple(u * (1.0 if srs.IsGeographic() else srs.GetLinearUnits()) for u in _nominal_pixel_size(gt))
+def _ground_pixel_size(crs_wkt: str, gt: Sequence[float], width: int, height: int) -> tuple[float, float]:
+    """Ground metres of one pixel step at the raster centre (:mod:`mtp_core.io.metres`)."""
     try:
-        geog = srs.CloneGeogCS()
-        geog.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        lonlat = osr.CoordinateTransformation(srs, geog).TransformPoints(points)
-    except RuntimeError:
-        if srs.IsGeographic():
-            raise GeoError("cannot measure the pixel size of this geographic CRS; reproject the raster first")
-        return nominal
-    to_rad = geog.GetAngularUnits()
-    half_turn = math.pi / to_rad
-    a, inv_f = geog.GetSemiMajor(), geog.GetInvFlattening()
-    e2 = 0.0 if inv_f == 0 else (2.0 - 1.0 / inv_f) / inv_f
-    lat0 = lonlat[0][1] * to_rad
-    w = 1.0 - e2 * math.sin(lat0) ** 2
-    prime_vertical, meridional = a / math.sqrt(w), a * (1.0 - e2) / w ** 1.5
-    ground = []
-    for lon, lat, *_ in lonlat[1:]:
-        dlon = (lon - lonlat[0][0] + half_turn) % (2 * half_turn) - half_turn
-        dlat = lat - lonlat[0][1]
-        ground.append(math.hypot(dlon * to_rad * prime_vertical * math.cos(lat0), dlat * to_rad * meridional))
-    if srs.IsGeographic():
-        return ground[0], ground[1]
-    ok = all(abs(g / n - 1.0) <= _SCALE_ERROR_LIMIT for g, n in zip(ground, nominal))
-    return nominal if ok else (ground[0], ground[1])
+        return GroundFrame.for_raster(crs_wkt, gt, width, height).pixel_size_m(gt, width, height)
+    except RuntimeError as exc:
+        raise GeoError(f"cannot measure the ground size of this raster's pixels in its CRS ({_first_line(exc)}); "
+                       "reproject the raster to a standard CRS first") from exc
 
 
 def _centre_lonlat(info: RasterInfo) -> tuple[float, float]:
@@ -492,7 +311,7 @@ def _centre_lonlat(info: RasterInfo) -> tuple[float, float]:
     wgs84 = osr.SpatialReference()
     wgs84.ImportFromEPSG(4326)
     wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    cx, cy = _apply(info.geotransform, info.width / 2.0, info.height / 2.0)
+    cx, cy = apply_geotransform(info.geotransform, info.width / 2.0, info.height / 2.0)
     lon, lat, _ = osr.CoordinateTransformation(src, wgs84).TransformPoint(cx, cy)
     return lon, lat
 
@@ -550,35 +369,3 @@ def _differs_from(values: np.ndarray, nodata: float) -> np.ndarray:
     return values != nodata
 
 
-def _create_geotiff(path: Path, width: int, height: int, bands: int, gdal_type: int, geotransform: Sequence[float],
-                    crs_wkt: str, nodata: float | None, block: int, compress: str) -> gdal.Dataset:
-    """A tiled GeoTIFF; DEFLATE at level 1 (about 7x faster than the default level on probabilities, ~20 % larger),
-    with the horizontal predictor that suits the data type."""
-    options = ["TILED=YES", f"BLOCKXSIZE={block}", f"BLOCKYSIZE={block}", f"COMPRESS={compress}",
-               "BIGTIFF=IF_SAFER"]
-    if compress in ("DEFLATE", "LZW", "ZSTD"):
-        floating = gdal.GetDataTypeName(gdal_type).startswith("Float")
-        options.append(f"PREDICTOR={3 if floating else 2}")
-    if compress == "DEFLATE":
-        options.append("ZLEVEL=1")
-    if bands > 1:
-        options.append("INTERLEAVE=PIXEL")
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), width, height, bands, gdal_type, options)
-    ds.SetGeoTransform(tuple(geotransform))
-    if crs_wkt:
-        ds.SetProjection(crs_wkt)
-    if nodata is not None:
-        for b in range(1, bands + 1):
-            ds.GetRasterBand(b).SetNoDataValue(float(nodata))
-    return ds
-
-
-def write_rgb_png(rgb: np.ndarray, path: str | Path) -> Path:
-    """An (H, W, 3) uint8 image as a PNG (previews, prediction overlays), atomically and without a .aux.xml."""
-    mem = gdal.GetDriverByName("MEM").Create("", rgb.shape[1], rgb.shape[0], 3, gdal.GDT_Byte)
-    for band in range(3):
-        mem.GetRasterBand(band + 1).WriteArray(rgb[:, :, band])
-    with atomic_path(path) as tmp:
-        gdal.GetDriverByName("PNG").CreateCopy(str(tmp), mem, options=["WORLDFILE=NO"])
-        Path(str(tmp) + ".aux.xml").unlink(missing_ok=True)
-    return Path(path)

@@ -1,90 +1,31 @@
-"""Tiled, streamed inference: any raster in, a class GeoTIFF (and optionally probabilities) out.
+"""The Predictor: tiles in, blended probabilities and classes out, streamed row by row.
 
-Tiles are read in a background thread, run in batches on the device, and their softmax probabilities are blended
+Tiles are read in a background thread (:mod:`.sources`), run in batches on the device, and their softmax probabilities are blended
 (``tiling.blend_weights``) into an accumulator that only spans the tile rows in flight; rows no later tile can touch
 are finished and written immediately. Memory therefore depends on tile size, batch size and raster width, never on
-raster height. Tiles that are entirely nodata are not run, and nodata stays nodata in every output.
+raster height. Tiles that are entirely nodata are not run, and nodata stays nodata in every output (:mod:`.sinks`).
 """
 from __future__ import annotations
 
-import os
-import queue
-import threading
+import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Protocol
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
 
-from mtp_core.device import describe_device, resolve_device
+from mtp_core.device import cpu_threads, describe_device, resolve_device, torch_threads
+from mtp_core.errors import UserError
+from mtp_core.inference.sinks import CLASS_NODATA, ArraySink, RowSink
+from mtp_core.inference.sources import ArraySource, Prefetched, TileSource
+from mtp_core.io.scaling import normalize
 from mtp_core.models import EncoderDecoder, ModelCard
 from mtp_core.progress import CancelCallback, Progress, ProgressCallback, check_cancel
 from mtp_core.tiling import Tile, TileGrid, blend_weights
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-CLASS_NODATA = 255
-
-
-class TileSource(Protocol):
-    """Where tiles come from: scaled band values (C, t, t) float32 on the 0–255 scale and a validity mask (t, t)."""
-
-    height: int
-    width: int
-
-    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-class RowSink(Protocol):
-    """Where finished rows go: classes (n, W) uint8 and probabilities (K, n, W) float32 (or None if not wanted)."""
-
-    def write_rows(self, y0: int, classes: np.ndarray, probs: np.ndarray | None) -> None: ...
-
-
-@dataclass
-class ArraySource:
-    """An in-memory image (H, W, C) already on the 0–255 scale, e.g. a window around a click."""
-
-    image: np.ndarray
-    valid: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        if self.image.ndim != 3:
-            raise ValueError(f"image must be (height, width, bands), got shape {self.image.shape}")
-        self.height, self.width = self.image.shape[:2]
-        if self.valid is None:
-            self.valid = np.ones((self.height, self.width), dtype=bool)
-
-    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
-        t = tile.size
-        data = np.zeros((self.image.shape[2], t, t), dtype=np.float32)
-        valid = np.zeros((t, t), dtype=bool)
-        window = self.image[tile.y : tile.y + t, tile.x : tile.x + t]
-        h, w = window.shape[:2]
-        data[:, :h, :w] = np.moveaxis(window, -1, 0)
-        valid[:h, :w] = self.valid[tile.y : tile.y + h, tile.x : tile.x + w]
-        return data, valid
-
-
-@dataclass
-class ArraySink:
-    """Collects the outputs of an in-memory prediction."""
-
-    height: int
-    width: int
-    num_classes: int
-    classes: np.ndarray = field(init=False)
-    probs: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.classes = np.full((self.height, self.width), CLASS_NODATA, dtype=np.uint8)
-        self.probs = np.zeros((self.num_classes, self.height, self.width), dtype=np.float32)
-
-    def write_rows(self, y0: int, classes: np.ndarray, probs: np.ndarray | None) -> None:
-        self.classes[y0 : y0 + classes.shape[0]] = classes
-        if probs is not None:
-            self.probs[:, y0 : y0 + classes.shape[0]] = probs
 
 
 _EMIT_PIXELS = 2**19  # pixels per chunk of finished rows turned into classes
@@ -160,8 +101,11 @@ class RunStats:
 class Predictor:
     """A segmentor ready for rasters: device, precision, batching and the model card's data conventions.
 
-    CUDA runs in bf16 autocast (fp16 where bf16 is unsupported) with channels-last tensors; CPU in float32.
-    On CUDA out-of-memory the batch is halved and the run goes on.
+    CUDA runs in bf16 autocast (fp16 where bf16 is unsupported) with channels-last tensors; CPU in float32 with
+    :func:`~mtp_core.device.cpu_threads` threads, set for each run only (inside QGIS the rest of the process keeps
+    its own). On CUDA out-of-memory the batch is halved and the run goes on. ``tta``: each tile is also predicted
+    flipped and rotated (the 8 symmetries of the square) and the probabilities averaged: 8x the model's time.
+    ``load_report``: what loading the checkpoint did (:meth:`from_checkpoint`).
     """
 
     def __init__(
@@ -174,15 +118,18 @@ class Predictor:
         compile: bool = False,
         overlap: int | None = None,
         threshold: float | None = None,
+        tta: bool = False,
+        threads: int | None = None,
+        load_report: Any = None,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+            raise UserError(f"batch size must be >= 1, got {batch_size}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.card = card
         self.batch_size = batch_size
         self.overlap = card.overlap if overlap is None else overlap
         if not 0 <= self.overlap < card.tile:
-            raise ValueError(f"overlap must be in [0, {card.tile}) for {card.tile} px tiles, got {self.overlap}")
+            raise UserError(f"overlap must be in [0, {card.tile}) for {card.tile} px tiles, got {self.overlap}")
         self.threshold = card.threshold if threshold is None else threshold
         self.dtype = self._precision(precision)
         if hasattr(model.backbone, "set_attn_impl"):
@@ -190,12 +137,11 @@ class Predictor:
         model = model.eval().to(self.device)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        elif self.device.type == "cpu":
-            torch.set_num_threads(max(1, os.cpu_count() or 1))
+        self.threads = threads or cpu_threads()
+        self.tta = tta
+        self.load_report = load_report
         self.model = model
         self._forward = torch.compile(model, dynamic=False) if compile else model
-        self.mean = np.asarray(card.mean, dtype=np.float32).reshape(-1, 1, 1)
-        self.std = np.asarray(card.std, dtype=np.float32).reshape(-1, 1, 1)
 
     def _precision(self, precision: Precision) -> torch.dtype | None:
         if precision == "auto":
@@ -206,27 +152,46 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> "Predictor":
-        from mtp_core.checkpoint import load_model
+        """A predictor for a checkpoint file; refused when the file has no trained decoder (its predictions would be
+        random), with the report of what loading did in :attr:`load_report`."""
+        from mtp_core.checkpoint import load_model, require_decoder
 
-        model, card, _ = load_model(path)
-        return cls(model, card, **kwargs)
+        model, card, report = load_model(path)
+        require_decoder(report, card.architecture)
+        return cls(model, card, load_report=report, **kwargs)
 
     def describe(self) -> str:
         precision = {None: "float32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-        return f"{describe_device(self.device)}; {precision}, batch {self.batch_size}"
+        tta = ", 8x test-time augmentation" if self.tta else ""
+        return f"{describe_device(self.device, self.threads)}; {precision}, batch {self.batch_size}{tta}"
+
+    def _threads(self) -> contextlib.AbstractContextManager:
+        """This predictor's CPU threads for the length of one call (torch's thread count is process-wide)."""
+        return torch_threads(self.threads) if self.device.type == "cpu" else contextlib.nullcontext()
 
     # ------------------------------------------------------------------------------------------ model
     def normalize(self, scaled: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """0–255 band values → model input; nodata pixels become the mean (0 after normalization)."""
-        return np.where(valid, (scaled - self.mean) / self.std, 0.0).astype(np.float32)
+        """0–255 band values → model input (:func:`mtp_core.io.scaling.normalize` with the card's mean/std)."""
+        return normalize(scaled, self.card.mean, self.card.std, valid)
+
+    def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            logits = self._forward(x)
+        return torch.softmax(logits.float(), dim=1)
 
     def _run_model(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities (B, K, t, t), float32 on the device, of normalized tiles already on the device."""
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-            logits = self._forward(x)
-        return torch.softmax(logits.float(), dim=1)
+        if not self.tta:
+            return self._probabilities(x)
+        total = torch.zeros((), device=x.device)
+        for quarter_turns in range(4):
+            for flip in (False, True):
+                view = torch.rot90(x, quarter_turns, dims=(2, 3))
+                probs = self._probabilities(view.flip(3) if flip else view)
+                total = total + torch.rot90(probs.flip(3) if flip else probs, -quarter_turns, dims=(2, 3))
+        return total / 8
 
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`_run_model`, halving the batch on CUDA out-of-memory."""
@@ -246,7 +211,8 @@ class Predictor:
     @torch.inference_mode()
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities (B, K, t, t) of normalized tiles, halving the batch on CUDA out-of-memory."""
-        return self._infer(torch.from_numpy(batch).to(self.device)).cpu().numpy()
+        with self._threads():
+            return self._infer(torch.from_numpy(batch).to(self.device)).cpu().numpy()
 
     # ------------------------------------------------------------------------------------------ tiling
     def _prepared_tiles(
@@ -268,7 +234,7 @@ class Predictor:
         prefetch: bool = True,
     ) -> RunStats:
         """Predict every tile of ``source`` and stream finished rows into ``sink``."""
-        with torch.inference_mode():
+        with torch.inference_mode(), self._threads():
             return self._run(source, sink, want_probs, progress, cancel, km2_per_pixel, prefetch)
 
     def _run(self, source: TileSource, sink: RowSink, want_probs: bool, progress: ProgressCallback,
@@ -276,7 +242,7 @@ class Predictor:
         grid = TileGrid(source.height, source.width, self.card.tile, self.overlap)
         weights = torch.tensor(blend_weights(self.card.tile, self.overlap), device=self.device)
         acc = _RowAccumulator(self.card.num_classes, source.width, min(self.card.tile, source.height), self.device)
-        tiles = _prefetched(self._prepared_tiles(source, grid), depth=2 * self.batch_size) if prefetch \
+        tiles = Prefetched(self._prepared_tiles(source, grid), depth=2 * self.batch_size) if prefetch \
             else self._prepared_tiles(source, grid)
         start = time.perf_counter()
         done = run = skipped = flushed_skips = 0  # skipped tiles up to the last flush
@@ -367,43 +333,3 @@ class Predictor:
         return sink.classes, sink.probs
 
 
-class _prefetched:
-    """Runs an iterator in a background thread, ``depth`` items ahead (reads overlap the model's work)."""
-
-    _END = object()
-
-    def __init__(self, items: Iterator[Any], depth: int) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, args=(items,), daemon=True, name="mtp-tile-reader")
-        self._thread.start()
-
-    def _fill(self, items: Iterator[Any]) -> None:
-        try:
-            for item in items:
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-            self._queue.put(self._END)
-        except BaseException as exc:  # noqa: BLE001  (re-raised in the consumer thread)
-            self._queue.put(exc)
-
-    def __iter__(self) -> "_prefetched":
-        return self
-
-    def __next__(self) -> Any:
-        item = self._queue.get()
-        if item is self._END:
-            raise StopIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)

@@ -22,11 +22,8 @@ import numpy as np
 import shapely
 from osgeo import gdal, ogr, osr
 
-from mtp_core.geo.raster import GeoError, utm_epsg
-
-gdal.UseExceptions()
-ogr.UseExceptions()
-osr.UseExceptions()
+from mtp_core.errors import GeoError
+from mtp_core.io.gdal_errors import gdal_exceptions, raises_gdal_errors
 
 _DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON", ".shp": "ESRI Shapefile"}
 _LAYER_OPTIONS = {"GeoJSON": ["RFC7946=NO"], "ESRI Shapefile": ["ENCODING=UTF-8"], "GPKG": []}
@@ -37,6 +34,7 @@ _SHAPEFILE_TEXT_WIDTH = 254
 _GPKG_UNDEFINED_SRS = ("Undefined geographic SRS", "Undefined Cartesian SRS")
 
 
+@raises_gdal_errors
 def write_vector(path: str | os.PathLike, geometries: Sequence[Any], attributes: Mapping[str, Sequence[Any]],
                  crs_wkt: str, layer_name: str | None = None) -> Path:
     """Writes ``geometries`` (shapely; None for a feature without geometry) and one value per geometry of each
@@ -86,8 +84,14 @@ class VectorWriter:
         self._layer: ogr.Layer | None = None
 
     def __enter__(self) -> "VectorWriter":
+        self._gdal = gdal_exceptions()
+        self._gdal.__enter__()
         self._atomic = _atomic_files(self.path)
-        tmp = self._atomic.__enter__()
+        try:
+            tmp = self._atomic.__enter__()
+        except BaseException:
+            self._gdal.__exit__(*sys.exc_info())
+            raise
         try:
             self._ds = ogr.GetDriverByName(self._driver).CreateDataSource(str(tmp))
             self._layer = self._ds.CreateLayer(self._layer_name, self._srs, self._geometry_type,
@@ -137,8 +141,90 @@ class VectorWriter:
         self._layer = None
         self._ds = None  # closes and flushes before the move
         atomic, self._atomic = self._atomic, None
-        if atomic is not None:
-            atomic.__exit__(*exc_info)
+        try:
+            if atomic is not None:
+                atomic.__exit__(*exc_info)
+        finally:
+            self._gdal.__exit__(*exc_info)
+
+
+class VectorReader:
+    """The first layer of a vector file, read in batches (memory follows the batch, not the file), reprojected on the
+    fly to ``target_crs_wkt`` (WKT or 'EPSG:code') when given.
+
+    Features without geometry come back as an empty GeometryCollection. :attr:`crs_wkt` is the CRS of what comes
+    out ('' when the file has none).
+    """
+
+    @raises_gdal_errors
+    def __init__(self, path: str | os.PathLike, target_crs_wkt: str | None = None) -> None:
+        self.name = os.fspath(path)
+        self._ds = _open_vector(self.name)
+        if self._ds.GetLayerCount() == 0:
+            raise GeoError(f"{self.name} has no vector layer; give a file with polygons")
+        self._layer = self._ds.GetLayer(0)
+        defn = self._layer.GetLayerDefn()
+        self.fields = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+        self.geometry_type = self._layer.GetGeomType()
+        source = self._layer.GetSpatialRef()
+        if source is not None and source.GetName() in _GPKG_UNDEFINED_SRS:
+            source = None
+        if source is not None:
+            source = source.Clone()
+            source.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+        self._transform: osr.CoordinateTransformation | None = None
+        if target_crs_wkt is None:
+            self.crs_wkt = source.ExportToWkt() if source is not None else ""
+            return
+        target = _srs(target_crs_wkt)
+        if source is None:
+            raise GeoError(f"{self.name} has no CRS, so it cannot be reprojected; assign one "
+                           "(ogr2ogr -a_srs EPSG:<code>)")
+        if not source.IsSame(target):
+            self._transform = osr.CoordinateTransformation(source, target)
+        self.crs_wkt = target.ExportToWkt()
+
+    def __len__(self) -> int:
+        return self._layer.GetFeatureCount()
+
+    @raises_gdal_errors
+    def extent(self) -> tuple[float, float, float, float] | None:
+        """(xmin, ymin, xmax, ymax) of the layer in the output CRS, None when it is empty."""
+        if not len(self):
+            return None
+        xmin, xmax, ymin, ymax = self._layer.GetExtent()
+        if self._transform is not None:
+            xmin, ymin, xmax, ymax = self._transform.TransformBounds(xmin, ymin, xmax, ymax, 21)
+        return xmin, ymin, xmax, ymax
+
+    def batches(self, size: int = 10_000) -> Iterator[tuple[np.ndarray, dict[str, list[Any]]]]:
+        """(geometries, attribute columns) of at most ``size`` features at a time, in layer order."""
+        with gdal_exceptions():
+            self._layer.ResetReading()
+            geoms: list[Any] = []
+            columns: dict[str, list[Any]] = {n: [] for n in self.fields}
+            for feature in self._layer:
+                ref = feature.GetGeometryRef()
+                geoms.append(shapely.GeometryCollection() if ref is None
+                             else shapely.from_wkb(bytes(ref.ExportToWkb())))
+                for j, n in enumerate(self.fields):
+                    columns[n].append(feature.GetField(j))
+                if len(geoms) == size:
+                    yield self._moved(geoms), columns
+                    geoms, columns = [], {n: [] for n in self.fields}
+            if geoms:
+                yield self._moved(geoms), columns
+
+    def _moved(self, geoms: list[Any]) -> np.ndarray:
+        array = np.array(geoms, dtype=object)
+        if self._transform is None:
+            return array
+        transform = self._transform
+
+        def move(xy: np.ndarray) -> np.ndarray:
+            return np.asarray(transform.TransformPoints(xy), np.float64)[:, :2] if len(xy) else xy
+
+        return shapely.transform(array, move)
 
 
 def read_vector(path: str | os.PathLike,
@@ -147,35 +233,16 @@ def read_vector(path: str | os.PathLike,
 
     Features without geometry come back as an empty GeometryCollection. With ``target_crs_wkt`` (WKT or
     'EPSG:code') geometries are reprojected and that CRS is returned; the CRS is '' when the file has none.
+    Large layers are better read with :class:`VectorReader`, batch by batch.
     """
-    name = os.fspath(path)
-    ds = _open_vector(name)
-    if ds.GetLayerCount() == 0:
-        raise GeoError(f"{name} has no vector layer; give a file with polygons")
-    layer = ds.GetLayer(0)
-    defn = layer.GetLayerDefn()
-    names = [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+    reader = VectorReader(path, target_crs_wkt)
     geoms: list[Any] = []
-    columns: dict[str, list[Any]] = {n: [] for n in names}
-    for feature in layer:
-        ref = feature.GetGeometryRef()
-        geoms.append(shapely.GeometryCollection() if ref is None else shapely.from_wkb(bytes(ref.ExportToWkb())))
-        for j, n in enumerate(names):
-            columns[n].append(feature.GetField(j))
-    source = layer.GetSpatialRef()
-    if source is not None and source.GetName() in _GPKG_UNDEFINED_SRS:
-        source = None
-    if source is not None:
-        source = source.Clone()
-        source.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    if target_crs_wkt is None:
-        return geoms, columns, source.ExportToWkt() if source is not None else ""
-    target = _srs(target_crs_wkt)
-    if source is None:
-        raise GeoError(f"{name} has no CRS, so it cannot be reprojected; assign one (ogr2ogr -a_srs EPSG:<code>)")
-    if not source.IsSame(target):
-        geoms = list(_reproject(np.array(geoms, dtype=object), source, target))
-    return geoms, columns, target.ExportToWkt()
+    columns: dict[str, list[Any]] = {n: [] for n in reader.fields}
+    for batch, values in reader.batches():
+        geoms.extend(batch)
+        for n in reader.fields:
+            columns[n].extend(values[n])
+    return geoms, columns, reader.crs_wkt
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,15 +320,6 @@ def _geometry_type(geoms: np.ndarray) -> int:
     return ogr.wkbMultiPolygon if types == {ogr.wkbPolygon, ogr.wkbMultiPolygon} else ogr.wkbUnknown
 
 
-def _reproject(geoms: np.ndarray, source: osr.SpatialReference, target: osr.SpatialReference) -> np.ndarray:
-    transform = osr.CoordinateTransformation(source, target)
-
-    def move(xy: np.ndarray) -> np.ndarray:
-        return np.asarray(transform.TransformPoints(xy), np.float64)[:, :2] if len(xy) else xy
-
-    return shapely.transform(geoms, move)
-
-
 def _open_vector(name: str) -> gdal.Dataset:
     try:
         return gdal.OpenEx(name, gdal.OF_VECTOR | gdal.OF_READONLY)
@@ -307,21 +365,3 @@ def _atomic_files(path: Path) -> Iterator[Path]:
             os.replace(f, path.with_name(f.name))
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-def to_metric(geometries: np.ndarray, crs_wkt: str) -> np.ndarray:
-    """Geometries in a metric CRS for areas/perimeters (the layer's own when projected, else local UTM)."""
-    srs = osr.SpatialReference(wkt=crs_wkt) if crs_wkt else None
-    if srs is None or not srs.IsGeographic():
-        return geometries
-    lon, lat = shapely.centroid(shapely.union_all(geometries)).coords[0]
-    utm = osr.SpatialReference()
-    utm.ImportFromEPSG(utm_epsg(lon, lat))
-    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    utm.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    transform = osr.CoordinateTransformation(srs, utm)
-
-    def project(coords: np.ndarray) -> np.ndarray:
-        return np.asarray(transform.TransformPoints(coords))[:, :2]
-
-    return shapely.transform(geometries, project)

@@ -14,7 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 from osgeo import gdal_array
 
-from mtp_core.geo.raster import GeoError, Source, read_window
+from mtp_core.errors import GeoError
+from mtp_core.io.gdal_errors import raises_gdal_errors
+from mtp_core.io.raster import Source, read_window
 
 _SAMPLE_WINDOW = 256
 _MODES = ("identity", "percentile", "fixed")
@@ -54,6 +56,7 @@ class BandScaler:
         return cls(tuple(float(lo) for lo, _ in ranges), tuple(float(hi) for _, hi in ranges), "fixed")
 
     @classmethod
+    @raises_gdal_errors
     def fit(cls, dataset: Source, bands: Sequence[int], nodata: Sequence[float | None] | None = None,
             percentiles: tuple[float, float] = (2.0, 98.0), max_pixels: int = 1 << 22) -> "BandScaler":
         """Identity for uint8 bands, else a percentile stretch per band from at most ``max_pixels`` sampled pixels.
@@ -127,3 +130,15 @@ def _sample(ds: Any, bands: list[int], max_pixels: int) -> list[np.ndarray]:
         for i in range(len(bands)):
             parts[i].append(data[i][valid])
     return [np.concatenate(p) for p in parts]
+
+
+def normalize(scaled: np.ndarray, mean: Sequence[float], std: Sequence[float],
+              valid: np.ndarray | None = None) -> np.ndarray:
+    """Model input from 0–255 band values ``(C, h, w)`` or ``(N, C, h, w)``: ``(x - mean) / std`` per band, float32;
+    pixels that are not ``valid`` become 0 (the mean). Training and inference both go through here."""
+    x = np.asarray(scaled, dtype=np.float32)
+    shape = (-1, 1, 1)
+    out = (x - np.asarray(mean, np.float32).reshape(shape)) / np.asarray(std, np.float32).reshape(shape)
+    if valid is not None:
+        out = np.where(valid, out, np.float32(0.0))
+    return out.astype(np.float32, copy=False)

@@ -1,0 +1,440 @@
+"""Loading checkpoint weights into a model, and building the right model for a file, with a :class:`LoadReport` of
+what was loaded, resized, dropped and left missing."""
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from mtp_core.checkpoint.layouts import (
+    BACKBONE_EXTRAS,
+    HEAD_NAMES,
+    LAYOUTS,
+    PATCH_SIZE,
+    REL_POS_SUFFIXES,
+    Parts,
+    backbone_dims,
+    card_dict,
+    describe_dims,
+    extract_state_dict,
+    preset_segmentors,
+    segmentor_for,
+    split_parts,
+)
+from mtp_core.checkpoint.resize import resize_pos_embed, resize_rel_pos
+from mtp_core.checkpoint.safe_load import CheckpointError, PathLike, safe_load
+from mtp_core.device import resolve_device
+from mtp_core.models.card import ModelCard
+from mtp_core.models.registry import create_model, default_card, model_entry
+
+Mismatch = tuple[str, tuple[int, ...], tuple[int, ...]]  # (model key, file shape, model shape)
+ReuseDecoder = Literal["none", "semseg", "rotdet"]
+REUSE_CHOICES = ("none", "semseg", "rotdet")
+
+
+
+@dataclass
+class LoadReport:
+    """What loading a checkpoint did: printed by the CLI, logged by the trainer, checked by tests.
+
+    ``loaded``, ``missing`` and ``reinitialized`` use the model's key names; ``dropped`` (keys in the file the model
+    can't use: unexpected by design, e.g. the pretraining norm or detection decoders) uses the file's key names.
+    """
+
+    layout: str
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    resized: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    reinitialized: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    #: keys the file's metadata says were never trained (``mtp convert-ckpt`` wrote them newly initialized)
+    untrained: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """Several human-readable lines."""
+        lines = [f"checkpoint: {self.source}", f"layout: {self.layout} — {LAYOUTS.get(self.layout, self.layout)}"]
+        lines.append(f"loaded: {len(self.loaded)} tensors")
+        if self.resized:
+            lines.append("resized: " + "; ".join(f"{k} {tuple(a)} -> {tuple(b)}" for k, a, b in self.resized))
+        if self.reinitialized:
+            lines.append(f"reinitialized: {_compact(self.reinitialized)}")
+        if self.missing:
+            lines.append(f"missing (left as initialized): {len(self.missing)} tensors: {_compact(self.missing)}")
+        if self.dropped:
+            lines.append(f"dropped (not used by this model): {len(self.dropped)} tensors: {_compact(self.dropped)}")
+        lines.extend(f"note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+    def log(self, logger: logging.Logger, level: int = logging.INFO) -> None:
+        for line in self.summary().splitlines():
+            logger.log(level, line)
+
+
+def _compact(keys: list[str], limit: int = 8) -> str:
+    """Keys grouped by pattern (indices as ``*``), shortened to module prefixes until at most ``limit`` groups are
+    left, so the 74 keys of a decode head fit on one line (the full lists stay in the report)."""
+    patterns = [re.sub(r"(?<=\.)\d+(?=\.|$)", "*", k).split(".") for k in keys]
+    depth = max((len(p) for p in patterns), default=1)
+    while depth > 1 and len({tuple(p[:depth]) for p in patterns}) > limit:
+        depth -= 1
+    counts = Counter(".".join(p[:depth]) + (".*" if len(p) > depth else "") for p in patterns)
+    shown = [f"{p} (x{n})" if n > 1 else p for p, n in list(counts.items())[:limit]]
+    if len(counts) > limit:
+        shown.append(f"... {len(counts) - limit} more")
+    return ", ".join(shown)
+
+
+def is_segmentor(model: nn.Module) -> bool:
+    return isinstance(getattr(model, "backbone", None), nn.Module) and isinstance(
+        getattr(model, "decode_head", None), nn.Module
+    )
+
+
+def _classifier_keys(target: Mapping[str, Tensor]) -> list[str]:
+    return [k for k in target if k.startswith(tuple(f"{h}.conv_seg." for h in HEAD_NAMES))]
+
+
+def _shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(int(s) for s in t.shape)
+
+
+def _architecture_error(
+    source: str,
+    mismatched: list[Mismatch],
+    unexpected: list[str],
+    dims: tuple[int, int] | None,
+    head_channels: int | None,
+    model: nn.Module,
+) -> CheckpointError:
+    examples = [f"{k}: file {a} vs model {b}" for k, a, b in mismatched[:4]]
+    examples += [f"{k}: not in the model" for k in unexpected[: max(0, 6 - len(examples))]]
+    hint = f" The file holds {describe_dims(dims)}."
+    decode = getattr(model, "decode_head", None)
+    if head_channels is not None and decode is not None and head_channels != decode.channels:
+        hint += (
+            f" Its decode head has {head_channels} channels (the model {decode.channels}): "
+            f"build with decode_channels={head_channels}."
+        )
+    return CheckpointError(
+        f"{source} holds weights of another architecture than this model ({len(mismatched)} tensors differ in shape, "
+        f"{len(unexpected)} are not in the model). First differences: {'; '.join(examples)}.{hint}"
+    )
+
+
+def _class_count_error(
+    source: str, key: str, file_shape: tuple[int, ...], model_shape: tuple[int, ...]
+) -> CheckpointError:
+    return CheckpointError(
+        f"{source}: {key} is trained for {file_shape[0]} classes but the model has {model_shape[0]}. To start a new "
+        f"classifier for {model_shape[0]} classes from these weights pass reinit_classifier=True (CLI: --num-classes "
+        f"{model_shape[0]}); to use the trained one build the model with num_classes={file_shape[0]}"
+    )
+
+
+def _head_channels(state: Mapping[str, Tensor]) -> int | None:
+    weight = state.get("decode_head.conv_seg.weight")
+    return int(weight.shape[1]) if weight is not None else None
+
+
+def _plan_keys(
+    parts: Parts, target: Mapping[str, Tensor], segmentor: bool, report: LoadReport
+) -> tuple[dict[str, str], list[str]]:
+    """Model key -> file key for the backbone and heads; file keys the model lacks go to ``dropped`` when a rule
+    says the model can't use them (pretraining norm, MAE extras, training-only auxiliary head), else to unexpected."""
+    prefix = "backbone." if segmentor else ""
+    plan: dict[str, str] = {}
+    unexpected: list[str] = []
+    for rel, key in parts.backbone.items():
+        if prefix + rel in target:
+            plan[prefix + rel] = key
+        elif rel.startswith(BACKBONE_EXTRAS):
+            report.dropped.append(key)
+        else:
+            unexpected.append(key)
+    for key in parts.heads:
+        if not segmentor or (key.startswith("auxiliary_head.") and key not in target):
+            report.dropped.append(key)
+        elif key in target:
+            plan[key] = key
+        else:
+            unexpected.append(key)
+    return plan, unexpected
+
+
+def _fit_shapes(
+    plan: dict[str, str],
+    state: Mapping[str, Tensor],
+    target: Mapping[str, Tensor],
+    pos_key: str,
+    num_extra: int,
+    report: LoadReport,
+) -> tuple[dict[str, Tensor], list[Mismatch], list[Mismatch]]:
+    """Tensors to load (``pos_embed`` and full-attention rel-pos tables resized), other shape mismatches, and
+    classifier mismatches (same input channels, another class count)."""
+    classifiers = set(_classifier_keys(target))
+    tensors: dict[str, Tensor] = {}
+    mismatched: list[Mismatch] = []
+    class_mismatch: list[Mismatch] = []
+    for tkey, skey in plan.items():
+        value, want = state[skey], _shape(target[tkey])
+        have = _shape(value)
+        if tkey == pos_key and (have != want or num_extra) and len(have) == 3 and have[-1] == want[-1]:
+            value = resize_pos_embed(value, want[1], num_extra)
+        elif tkey.endswith(REL_POS_SUFFIXES) and have != want and have[1:] == want[1:]:
+            value = resize_rel_pos(value, want[0])
+        if _shape(value) != want:
+            is_classifier = tkey in classifiers and have[1:] == want[1:]
+            (class_mismatch if is_classifier else mismatched).append((tkey, have, want))
+            continue
+        if _shape(value) != have:
+            report.resized.append((tkey, have, want))
+        tensors[tkey] = value
+    return tensors, mismatched, class_mismatch
+
+
+def load_into(
+    model: nn.Module, obj: Any, source: str, reuse_decoder: str, reinit_classifier: bool
+) -> LoadReport:
+    if reuse_decoder not in REUSE_CHOICES:
+        raise ValueError(f"reuse_decoder must be one of {', '.join(REUSE_CHOICES)}, got {reuse_decoder!r}")
+    if reuse_decoder == "rotdet":
+        raise CheckpointError(
+            "reuse_decoder='rotdet' renames the keys for MMRotate's Oriented R-CNN (as MTP's change_ckpt.py); our "
+            "models have no rotated-detection head. Use convert_checkpoint(src, dst, reuse_decoder='rotdet')"
+        )
+    state, layout = extract_state_dict(obj)
+    parts = split_parts(state, layout)
+    target = model.state_dict()
+    segmentor = is_segmentor(model)
+    report = LoadReport(layout=layout, source=source)
+    plan, unexpected = _plan_keys(parts, target, segmentor, report)
+    new_heads = {h for h in HEAD_NAMES if f"{h}.conv_seg.weight" in target} if reinit_classifier else set()
+    if reuse_decoder == "semseg":
+        _plan_semseg_decoder(model, state, parts, target, plan, unexpected, report)
+        new_heads.add("decode_head")
+    else:
+        report.dropped.extend(parts.semseg_decoder.values())
+        if parts.semseg_decoder and segmentor:
+            report.notes.append("the file has MTP's pretrained UperNet: reuse_decoder='semseg' loads it")
+    report.dropped.extend(parts.unused)
+    fresh = [k for k in _classifier_keys(target) if k.split(".", 1)[0] in new_heads]
+    report.dropped.extend(plan.pop(k) for k in fresh if k in plan)
+
+    pos_key = ("backbone." if segmentor else "") + "pos_embed"
+    num_extra = 1 if "cls_token" in parts.backbone else 0
+    tensors, mismatched, class_mismatch = _fit_shapes(plan, state, target, pos_key, num_extra, report)
+    if mismatched or unexpected:
+        dims = backbone_dims(state, parts.backbone)
+        raise _architecture_error(source, mismatched, unexpected, dims, _head_channels(state), model)
+    if class_mismatch:
+        raise _class_count_error(source, *class_mismatch[0])
+    if not tensors:
+        raise CheckpointError(
+            f"nothing in {source} fits this model (a {LAYOUTS[layout]} file; all {len(state)} tensors were dropped)"
+        )
+
+    for name in (h for h in HEAD_NAMES if h in new_heads):
+        head = getattr(model, name)
+        head.reset_classifier(head.num_classes)
+    model.load_state_dict(tensors, strict=False)
+    report.loaded = list(tensors)
+    report.reinitialized = fresh
+    report.missing = [k for k in target if k not in tensors and k not in fresh]
+    return report
+
+
+def _plan_semseg_decoder(
+    model: nn.Module,
+    state: Mapping[str, Tensor],
+    parts: Parts,
+    target: Mapping[str, Tensor],
+    plan: dict[str, str],
+    unexpected: list[str],
+    report: LoadReport,
+) -> None:
+    """MTP's pretrained UperNet (``semsegdecoder.decode_head.*``) -> ``decode_head.*``, except its unused conv_seg."""
+    if not is_segmentor(model):
+        raise CheckpointError(
+            "reuse_decoder='semseg' loads a decode head: the target must be a segmentor, not a bare backbone"
+        )
+    if not parts.semseg_decoder:
+        raise CheckpointError(
+            "reuse_decoder='semseg' needs MTP's pretrained UperNet (semsegdecoder.decode_head.*), which only the full "
+            "pretraining file (*_pretrn_model.pth, or its change_ckpt.py output) holds; this file has none"
+        )
+    channels = int(state[parts.semseg_decoder["conv_seg.weight"]].shape[1])
+    if model.decode_head.channels != channels:
+        raise CheckpointError(
+            f"the pretrained UperNet has {channels} channels but the model's decode head has "
+            f"{model.decode_head.channels}: build the segmentor with decode_channels={channels} to reuse it"
+        )
+    for rel, key in parts.semseg_decoder.items():
+        if "decode_head." + rel in target:
+            plan["decode_head." + rel] = key
+        else:
+            unexpected.append(key)
+    report.notes.append(
+        "decode_head from MTP's pretrained UperNet; its classifier was unused in pretraining, so conv_seg is new"
+    )
+
+
+def load_weights(
+    model: nn.Module,
+    source: PathLike | Mapping[str, Any],
+    *,
+    reuse_decoder: ReuseDecoder = "none",
+    reinit_classifier: bool = False,
+) -> LoadReport:
+    """Load any supported checkpoint (a path or an already loaded object) into a backbone or a segmentor.
+
+    Keys are mapped from the file's layout, ``pos_embed`` and the full-attention relative-position tables are resized
+    as the original ``init_weights`` does, and what the model can't use is dropped and reported. Shapes are strict:
+    anything else that does not fit raises :class:`CheckpointError` naming the keys (another architecture, another
+    number of classes — ``reinit_classifier=True`` starts a new classifier instead of loading it).
+    ``reuse_decoder='semseg'`` also loads MTP's pretrained UperNet into ``decode_head`` (256 channels).
+    """
+    if isinstance(source, Mapping):
+        return load_into(model, source, "<checkpoint object>", reuse_decoder, reinit_classifier)
+    return load_into(model, safe_load(source), str(source), reuse_decoder, reinit_classifier)
+
+
+
+
+def file_classes(state: Mapping[str, Tensor]) -> int | None:
+    weight = state.get("decode_head.conv_seg.weight")
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def _with_classes(name: str, args: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    """arch_args that build ``name`` for another class count: presets take ``num_classes``, the fully specified
+    segmentor has it inside its head dicts."""
+    params = inspect.signature(model_entry(name).builder).parameters
+    if "num_classes" in params:
+        return {**args, "num_classes": num_classes}
+    if "decode_head" not in params:
+        raise CheckpointError(f"{name} has no decode head whose number of classes could be changed")
+    out = {**args, "decode_head": {**(args.get("decode_head") or {}), "num_classes": num_classes}}
+    if args.get("auxiliary_head"):
+        out["auxiliary_head"] = {**args["auxiliary_head"], "num_classes": num_classes}
+    return out
+
+
+def target_for(
+    state: Mapping[str, Tensor],
+    layout: str,
+    card_data: dict[str, Any] | None,
+    architecture: str | None,
+    num_classes: int | None,
+    semseg: bool,
+) -> tuple[str, dict[str, Any], ModelCard]:
+    """Which segmentor to build for a file, with which arguments, and its model card.
+
+    Our files carry the card. Released files have none: the backbone size comes from the weights (embed_dim from
+    ``patch_embed.proj.weight``, depth from the number of blocks), classes and head width from
+    ``decode_head.conv_seg``, and a fine-tuned model's crop size from its ``pos_embed``.
+    """
+    if card_data is not None:
+        card = ModelCard.from_dict(card_data)
+        if architecture is not None and architecture != card.architecture:
+            raise CheckpointError(f"the checkpoint was saved for {card.architecture}, not {architecture}")
+        args = dict(card.arch_args)
+        if num_classes is not None and num_classes != card.num_classes:
+            args = _with_classes(card.architecture, args, num_classes)
+            classes = default_card(card.architecture, num_classes=num_classes).classes
+            card = card.replace(arch_args=args, classes=classes)
+        return card.architecture, args, card
+
+    parts = split_parts(state, layout)
+    if architecture is None:
+        dims = backbone_dims(state, parts.backbone)
+        architecture = segmentor_for(dims)
+        if architecture is None:
+            raise CheckpointError(
+                f"cannot tell the architecture of this {LAYOUTS[layout]} file: it holds {describe_dims(dims)}; "
+                f"pass one of {', '.join(preset_segmentors())} (CLI: --arch)"
+            )
+    elif model_entry(architecture).kind != "segmentor":
+        raise CheckpointError(
+            f"{architecture} is a backbone; load_model builds segmentors ({', '.join(preset_segmentors())}). "
+            "For a bare backbone use create_model() and load_weights()"
+        )
+    elif architecture not in preset_segmentors():
+        raise CheckpointError(
+            f"{architecture} needs its full arguments, which only our checkpoints' model cards hold; for this file "
+            f"pick one of {', '.join(preset_segmentors())}"
+        )
+    classes_in_file = file_classes(state)
+    args: dict[str, Any] = {"num_classes": num_classes if num_classes is not None else classes_in_file or 2}
+    semseg_seg = parts.semseg_decoder.get("conv_seg.weight") if semseg else None
+    channels = int(state[semseg_seg].shape[1]) if semseg_seg else _head_channels(state)
+    if channels is not None:
+        args["decode_channels"] = channels
+    pos = parts.backbone.get("pos_embed")
+    if parts.heads and pos is not None:  # a fine-tuned model ran at its crop size (LoveDA: 512), keep it
+        grid = math.isqrt(state[pos].shape[1])
+        if grid * grid == state[pos].shape[1]:
+            args["img_size"] = grid * PATCH_SIZE
+    card = default_card(architecture, **args)
+    if "img_size" in args:
+        card = card.replace(tile=args["img_size"])
+    return architecture, args, card
+
+
+def load_model(
+    path: PathLike,
+    *,
+    architecture: str | None = None,
+    num_classes: int | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, ModelCard, LoadReport]:
+    """Build the right segmentor for a checkpoint file and load it: ``(model in eval mode, card, report)``.
+
+    Our files carry their model card; for released MTP/MMSeg/MAE files the architecture is inferred from the weights
+    (or given by name) and the card is the named config's default. ``num_classes`` different from the file's
+    starts a new classifier.
+    """
+    obj = safe_load(path)
+    state, layout = extract_state_dict(obj)
+    name, args, card = target_for(state, layout, card_dict(obj), architecture, num_classes, semseg=False)
+    model = create_model(name, **args)
+    reinit = num_classes is not None and file_classes(state) not in (None, num_classes)
+    report = load_into(model, obj, str(path), "none", reinit)
+    meta = obj.get("meta") if isinstance(obj, dict) else None
+    if isinstance(meta, dict) and meta.get("untrained"):
+        report.untrained = [str(k) for k in meta["untrained"]]
+        report.notes.append(f"written by mtp convert-ckpt from {meta.get('converted_from', 'another file')}: "
+                            f"{len(report.untrained)} tensors there were new (untrained), a starting point for "
+                            "fine-tuning")
+    target = resolve_device(device) if isinstance(device, str) else device
+    return model.to(target).eval(), card, report
+
+
+def require_decoder(report: LoadReport, architecture: str = "") -> None:
+    """Refuses a checkpoint for prediction when its decode head was not in the file or never trained: a backbone-only
+    file (an MTP ``*_encoder.pth``, an MAE file) would otherwise predict with a random head."""
+    absent = [k for k in report.missing + report.reinitialized if k.startswith("decode_head.")]
+    size = "l" if "vit_l" in architecture else "b"
+    config = f"training/configs/mtp/spacenetv1/rvsa-{size}-upernet-384-mae-mtp-spacenetv1.py"
+    fine_tune = (f"fine-tune a segmentor from it first (python -m training.train {config} --cfg-options "
+                 f"model.backbone.pretrained={report.source}) and predict with the checkpoint that writes")
+    if absent:
+        raise CheckpointError(
+            f"{report.source} is a {LAYOUTS.get(report.layout, report.layout)} file: it has no trained decoder "
+            f"({len(absent)} decode_head tensors missing, e.g. {absent[0]}), so its predictions would be random; "
+            f"{fine_tune}")
+    untrained = [k for k in report.untrained if k.startswith("decode_head.")]
+    if untrained:
+        raise CheckpointError(
+            f"{report.source} was written by mtp convert-ckpt with a new, untrained decoder ({len(untrained)} "
+            f"decode_head tensors, e.g. {untrained[0]}), so its predictions would be random; {fine_tune}")
+
+

@@ -1,0 +1,32 @@
+"""``mtp convert-ckpt``: a released MTP/MAE/MMSeg checkpoint -> a complete fine-tuning checkpoint (or MMRotate's)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "convert-ckpt",
+        help="turn a released MTP/MAE/MMSeg checkpoint into a complete fine-tuning checkpoint (with model card)",
+        description="Reads any MTP, MAE or MMSeg checkpoint layout safely (weights_only) and writes it atomically. "
+        "none: backbone weights, resized to the fine-tuning size; semseg: also the pretrained UperNet decoder "
+        "(256 channels); rotdet: the key renaming of MTP's scripts/change_ckpt.py, for MMRotate.",
+    )
+    parser.add_argument("src", help="input checkpoint (.pth)")
+    parser.add_argument("dst", help="output checkpoint (.pth); written atomically")
+    parser.add_argument("--reuse-decoder", choices=("none", "semseg", "rotdet"), default="none")
+    parser.add_argument("--arch", default=None, help="target segmentor name (default: inferred from the weights)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="classes of the target head (default: the file's class count, else 2)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mtp_core.checkpoint import convert_checkpoint
+
+    report = convert_checkpoint(
+        args.src, args.dst, reuse_decoder=args.reuse_decoder, architecture=args.arch, num_classes=args.num_classes
+    )
+    print(report.summary())
+    print(f"wrote {args.dst}")
+    return 0
