@@ -168,7 +168,8 @@ def extract_buildings(
     try:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise GeoError(f"cannot create the output folder {out_dir}: {exc.strerror}; choose another output folder (--out)") from exc
+        raise GeoError(f"cannot create the output folder {out_dir}: {exc.strerror}; choose another output folder "
+                       "(--out)") from exc
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".mtp-") as tmp:
         # probabilities give each polygon its score; kept only when asked for
         probs = prob_path if probabilities else Path(tmp) / "prob.tif"

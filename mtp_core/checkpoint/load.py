@@ -428,7 +428,7 @@ def require_decoder(report: LoadReport, architecture: str = "") -> None:
                  f"model.backbone.pretrained={report.source}) and predict with the checkpoint that writes")
     if absent:
         raise CheckpointError(
-            f"{report.source} is a {LAYOUTS.get(report.layout, report.layout)} file: it has no trained decoder "
+            f"{report.source} ({LAYOUTS.get(report.layout, report.layout)}) has no trained decoder "
             f"({len(absent)} decode_head tensors missing, e.g. {absent[0]}), so its predictions would be random; "
             f"{fine_tune}")
     untrained = [k for k in report.untrained if k.startswith("decode_head.")]

@@ -51,9 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="test-time augmentation: every tile also flipped and rotated (the 8 symmetries of the "
                              "square), probabilities averaged; costs 8x the model's time")
     parser.add_argument("--bands", default=None, help="raster bands fed as the model's R,G,B, e.g. 3,2,1")
-    parser.add_argument("--threshold", type=float, default=None, help="building probability threshold (default: argmax)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="building probability threshold (default: argmax)")
     parser.add_argument("--min-area", type=float, default=4.0, help="drop polygons under this many m² (default 4)")
-    parser.add_argument("--simplify", type=float, default=0.25, help="simplify tolerance in metres (default 0.25; 0=off)")
+    parser.add_argument("--simplify", type=float, default=0.25,
+                        help="simplify tolerance in metres (default 0.25; 0=off)")
     parser.add_argument("--regularize", action="store_true", help="right-angled building outlines")
     parser.add_argument("--probabilities", action="store_true", help="also write NAME_prob.tif (uint8, P x 255)")
     parser.add_argument("--pixel-crs", action="store_true", help="accept rasters without georeference (pixel units)")

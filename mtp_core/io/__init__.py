@@ -23,6 +23,7 @@ from mtp_core.io.vector import VectorReader, VectorWriter, read_vector, write_ve
 
 __all__ = [
     "PIXEL_GEOTRANSFORM", "BandScaler", "GeoError", "GeoTiffWriter", "GroundFrame", "PixelMeasure", "RasterInfo",
-    "ReadPlan", "VectorReader", "VectorWriter", "atomic_path", "describe_raster", "gdal_exceptions", "open_raster", "plan_read",
-    "read_vector", "read_window", "to_metric", "utm_epsg", "warp_to_grid", "write_rgb_png", "write_vector",
+    "ReadPlan", "VectorReader", "VectorWriter", "atomic_path", "describe_raster", "gdal_exceptions", "open_raster",
+    "plan_read", "read_vector", "read_window", "to_metric", "utm_epsg", "warp_to_grid", "write_rgb_png",
+    "write_vector",
 ]

@@ -42,7 +42,8 @@ class RasterInfo:
     """What the pipeline needs to know about a raster, read once from its header.
 
     ``pixel_size_m`` is the ground size of a pixel (along columns, along rows) at the raster centre in metres, for
-    any CRS (:mod:`mtp_core.io.metres`). Without georeference (``--pixel-crs``) ``crs_wkt`` is '', the geotransform is the
+    any CRS (:mod:`mtp_core.io.metres`). Without georeference (``--pixel-crs``) ``crs_wkt`` is '', the geotransform is
+    the
     raster's own or :data:`PIXEL_GEOTRANSFORM`, and ``pixel_size_m`` is the geotransform's pixel size in its
     unknown units.
     """

@@ -1,15 +1,23 @@
 """Named MTP models, timm style: each builder only sets hyperparameters.
 
-Every builder is registered here and with timm, so ``import mtp_core.models; timm.create_model("mtp_vit_b_rvsa")`` builds
-exactly the backbone of the original SpaceNetv1 fine-tuning config, and ``create_model("mtp_vit_b_rvsa_upernet")``
-the whole segmentor. Segmentors also have a default model card (the config's data conventions).
+Every builder is registered here and with timm, so ``import mtp_core.models; timm.create_model("mtp_vit_b_rvsa")``
+builds exactly the backbone of the original SpaceNetv1 fine-tuning config, and
+``create_model("mtp_vit_b_rvsa_upernet")`` the whole segmentor. Segmentors also have a default model card (the config's data conventions).
+
+Backbones are built through timm's ``build_model_with_cfg``, so timm's options work on them: ``features_only=True``
+(the four maps through ``forward_intermediates``), a ``pretrained_cfg`` (MTP's mean/std, 384 px input), released
+weights with ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`` (``custom_load``: the safe loader of
+:mod:`mtp_core.checkpoint`, any MTP / MAE / MMSeg layout) and ``checkpoint_path=PATH`` (timm's weights-only loader,
+then the same key remapping and resizing).
 """
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
+from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models import register_model as timm_register_model
 from torch import nn
 
@@ -20,6 +28,22 @@ from mtp_core.models.upernet import FCNHead, UPerHead
 
 ModelKind = Literal["backbone", "segmentor"]
 _TIMM_ONLY_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+_MEAN = tuple(v / 255.0 for v in (123.675, 116.28, 103.53))  # MTP's (MMSeg's) normalization, on timm's 0-1 scale
+_STD = tuple(v / 255.0 for v in (58.395, 57.12, 57.375))
+
+
+def _cfg(size: int, **kwargs: Any) -> dict[str, Any]:
+    """timm pretrained config: no download URL (released files are loaded from disk: ``file=``), custom loader."""
+    return dict(url="", custom_load=True, num_classes=-1, input_size=(3, size, size), mean=_MEAN, std=_STD,
+                first_conv="patch_embed.proj", classifier=None, paper_ids="arXiv:2403.13430",
+                paper_name="MTP: Advancing Remote Sensing Foundation Model via Multi-Task Pretraining", **kwargs)
+
+
+#: read by timm's register_model, so timm.create_model knows each backbone's defaults
+default_cfgs = generate_default_cfgs({
+    "mtp_vit_b_rvsa": _cfg(384), "mtp_vit_l_rvsa": _cfg(384), "mtp_vit_b_rvsa_pretrain": _cfg(224),
+    "mtp_vit_l_rvsa_pretrain": _cfg(448), "mtp_vit_tiny_rvsa": _cfg(384),
+})
 
 
 @dataclass(frozen=True)
@@ -69,7 +93,30 @@ def _check_pretrained(pretrained: bool, kwargs: dict[str, Any]) -> None:
         )
 
 
-def _backbone(pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> RVSAViT:
+def _backbone(variant: str, pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> RVSAViT:
+    """A backbone through timm's builder (pretrained config, ``features_only``, custom weight loading)."""
+    overlay, cfg = kwargs.get("pretrained_cfg_overlay") or {}, kwargs.get("pretrained_cfg")
+    if pretrained and not (overlay.get("file") or (isinstance(cfg, dict) and cfg.get("file"))):
+        raise ValueError(
+            "MTP weights are not downloaded automatically: get the released checkpoint file and pass it, "
+            "timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=PATH)), or load it with "
+            "mtp_core.checkpoint.load_weights(model, path) (every MTP, MAE and MMSeg layout is understood)"
+        )
+    if overlay.get("file"):  # timm resets custom_load for a new file: ours reads every layout, native ones too
+        kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
+    params = {**defaults, **kwargs}
+    if params.get("features_only"):  # timm's out_indices: which of the four maps (MTP's: which blocks feed them)
+        blocks = defaults["out_indices"]
+        params.setdefault("out_indices", (0, 1, 2, 3)) if "out_indices" in kwargs else params.pop("out_indices")
+    else:
+        blocks = params.pop("out_indices")
+    return build_model_with_cfg(functools.partial(RVSAViT, out_indices=blocks), variant, pretrained,
+                                feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
+                                kwargs_filter=("num_classes", "global_pool"), **params)
+
+
+def _segmentor_backbone(pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> RVSAViT:
+    """The backbone of a segmentor: segmentor weights are whole-model files (``mtp_core.checkpoint.load_model``)."""
     _check_pretrained(pretrained, kwargs)
     return RVSAViT(**{**defaults, **kwargs})
 
@@ -78,31 +125,32 @@ _VIT_B = dict(embed_dim=768, depth=12, num_heads=12, out_indices=(3, 5, 7, 11), 
 _VIT_L = dict(embed_dim=1024, depth=24, num_heads=16, out_indices=(7, 11, 15, 23), interval=6)
 _VIT_TINY = dict(embed_dim=192, depth=4, num_heads=3, out_indices=(0, 1, 2, 3), interval=3)
 _FINETUNE = dict(img_size=384, drop_path_rate=0.3)
+_PRETRAIN = dict(drop_path_rate=0.1, with_norm=True)
 
 
 @_register("backbone", "ViT-B + RVSA, SpaceNetv1 fine-tuning backbone (384 px, full attention every 3rd block)")
 def mtp_vit_b_rvsa(pretrained: bool = False, **kwargs: Any) -> RVSAViT:
-    return _backbone(pretrained, {**_VIT_B, **_FINETUNE}, kwargs)
+    return _backbone("mtp_vit_b_rvsa", pretrained, {**_VIT_B, **_FINETUNE}, kwargs)
 
 
 @_register("backbone", "ViT-L + RVSA, SpaceNetv1 fine-tuning backbone (384 px, full attention every 6th block)")
 def mtp_vit_l_rvsa(pretrained: bool = False, **kwargs: Any) -> RVSAViT:
-    return _backbone(pretrained, {**_VIT_L, **_FINETUNE}, kwargs)
+    return _backbone("mtp_vit_l_rvsa", pretrained, {**_VIT_L, **_FINETUNE}, kwargs)
 
 
 @_register("backbone", "ViT-B + RVSA multi-task pretraining encoder (224 px, with the unused final norm)")
 def mtp_vit_b_rvsa_pretrain(pretrained: bool = False, **kwargs: Any) -> RVSAViT:
-    return _backbone(pretrained, {**_VIT_B, "img_size": 224, "drop_path_rate": 0.1, "with_norm": True}, kwargs)
+    return _backbone("mtp_vit_b_rvsa_pretrain", pretrained, {**_VIT_B, **_PRETRAIN, "img_size": 224}, kwargs)
 
 
 @_register("backbone", "ViT-L + RVSA multi-task pretraining encoder (448 px, with the unused final norm)")
 def mtp_vit_l_rvsa_pretrain(pretrained: bool = False, **kwargs: Any) -> RVSAViT:
-    return _backbone(pretrained, {**_VIT_L, "img_size": 448, "drop_path_rate": 0.1, "with_norm": True}, kwargs)
+    return _backbone("mtp_vit_l_rvsa_pretrain", pretrained, {**_VIT_L, **_PRETRAIN, "img_size": 448}, kwargs)
 
 
 @_register("backbone", "tiny RVSA ViT (192-d, 4 blocks, 3 heads) for tests and CPU demos")
 def mtp_vit_tiny_rvsa(pretrained: bool = False, **kwargs: Any) -> RVSAViT:
-    return _backbone(pretrained, {**_VIT_TINY, **_FINETUNE}, kwargs)
+    return _backbone("mtp_vit_tiny_rvsa", pretrained, {**_VIT_TINY, **_FINETUNE}, kwargs)
 
 
 def _upernet(
@@ -115,7 +163,7 @@ def _upernet(
     kwargs: dict[str, Any],
 ) -> EncoderDecoder:
     """UperNet on the four backbone maps (+ optional FCN auxiliary head on the stride-16 map, as MMSeg configs)."""
-    backbone = _backbone(pretrained, backbone_defaults, kwargs)
+    backbone = _segmentor_backbone(pretrained, backbone_defaults, kwargs)
     head = UPerHead(backbone.out_channels, decode_channels, num_classes)
     aux = FCNHead(backbone.out_channels[2], aux_channels, num_classes, in_index=2) if aux_head else None
     return EncoderDecoder(backbone, head, aux)
@@ -182,7 +230,7 @@ def mtp_rvsa_upernet(
     Training configs build this, and its model card records the three dicts, so a trained checkpoint rebuilds its
     exact network without the config file. Defaults are the ViT-B SpaceNetv1 model.
     """
-    net = _backbone(pretrained, {**_VIT_B, **_FINETUNE, **(backbone or {})}, kwargs)
+    net = _segmentor_backbone(pretrained, {**_VIT_B, **_FINETUNE, **(backbone or {})}, kwargs)
     head = UPerHead(**{"in_channels": net.out_channels, "channels": 512, "num_classes": 2, **(decode_head or {})})
     aux = FCNHead(**auxiliary_head) if auxiliary_head else None
     return EncoderDecoder(net, head, aux)

@@ -11,6 +11,7 @@ parity with the goldens), ``"sdpa"`` folds the relative-position terms into an a
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Literal, Sequence
 
@@ -21,6 +22,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 AttnImpl = Literal["reference", "sdpa"]
+_logger = logging.getLogger(__name__)
+
 RVSA_WINDOW = 7  # hard-coded (7, 7) in the original
 
 
@@ -442,3 +445,59 @@ class RVSAViT(nn.Module):
         b = x.shape[0]
         maps = [f.permute(0, 2, 1).reshape(b, -1, hp, wp) for f in features]
         return tuple(op(m) for op, m in zip((self.fpn1, self.fpn2, self.fpn3, self.fpn4), maps))  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------------------------ timm integration
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """timm's feature API (``features_only=True`` models call it): the maps at strides 4, 8, 16, 32; ``indices``
+        picks among those four (an int: the last n). There is no final norm or head to apply."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt {output_fmt!r} is not supported: the RVSA maps are NCHW")
+        take = _feature_indices(indices)
+        maps = self.forward(x)
+        selected = [maps[i] for i in take]
+        return selected if intermediates_only else (maps[-1], selected)
+
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """timm's hook for custom checkpoint formats (``pretrained=True, pretrained_cfg_overlay=dict(file=...)``):
+        every MTP / MAE / MMSeg layout, read safely, remapped and resized (:func:`mtp_core.checkpoint.load_weights`)."""
+        from mtp_core.checkpoint import load_weights
+
+        report = load_weights(self, checkpoint_path)
+        for line in report.summary().splitlines():
+            _logger.info(line)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also takes a state dict in a released layout (an MTP encoder or pretraining file, MAE, an MMSeg segmentor's
+        ``backbone.*``), remapped and resized as :func:`mtp_core.checkpoint.load_weights` does: so
+        ``timm.create_model(name, checkpoint_path=MTP_FILE)`` loads the released weights. ``strict`` then means
+        that every tensor of this backbone was in the file."""
+        if set(state_dict) <= set(self.state_dict()):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        from mtp_core.checkpoint.load import load_into
+
+        report = load_into(self, dict(state_dict), "the state dict", "none", False)
+        if strict and report.missing:
+            raise RuntimeError(f"the state dict has no weights for {len(report.missing)} tensors of this backbone "
+                               f"(e.g. {report.missing[0]}); load it with strict=False to keep them as initialized")
+        return torch.nn.modules.module._IncompatibleKeys(report.missing, report.dropped)
+
+
+def _feature_indices(indices: int | Sequence[int] | None) -> list[int]:
+    if indices is None:
+        return [0, 1, 2, 3]
+    if isinstance(indices, int):
+        if not 1 <= indices <= 4:
+            raise ValueError(f"the backbone has 4 feature maps; cannot take the last {indices}")
+        return list(range(4 - indices, 4))
+    take = [i % 4 for i in indices]
+    if any(not -4 <= i < 4 for i in indices):
+        raise ValueError(f"feature indices must be in 0..3 (strides 4, 8, 16, 32), got {list(indices)}")
+    return take

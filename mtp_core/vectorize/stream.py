@@ -103,7 +103,8 @@ def vectorize_raster(class_raster_path: str, *, classes: Sequence[int] | None = 
 def vectorize_raster_to_file(class_raster_path: str, output_path: str | Path, *, layer_name: str = "buildings",
                              classes: Sequence[int] | None = None, block_rows: int | None = None,
                              prob_raster_path: str | None = None, min_area_m2: float = 4.0, simplify_m: float = 0.25,
-                             regularize: bool = False, source: str = "", model: str = "", progress: ProgressCallback = None,
+                             regularize: bool = False, source: str = "", model: str = "",
+                             progress: ProgressCallback = None,
                              cancel: CancelCallback = None) -> dict[str, int]:
     """:func:`vectorize_raster` streamed into a vector file (.gpkg, .geojson, .shp) in the raster's CRS: polygons are
     written as soon as they are final, the file appears only when complete. Returns the counts (see

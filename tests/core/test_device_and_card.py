@@ -1,12 +1,15 @@
 """Device choice/description and the model card: what users see and what checkpoints carry."""
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from mtp_core.device import describe_device, resolve_device
+from mtp_core.device import cgroup_cpu_quota, cpu_threads, describe_device, resolve_device
 from mtp_core.models import ModelCard, create_model, default_card
 
 
@@ -84,3 +87,33 @@ def test_default_card_needs_a_segmentor() -> None:
 def test_unknown_model_name_suggests_close_ones() -> None:
     with pytest.raises(ValueError, match="Did you mean mtp_vit_b_rvsa"):
         create_model("mtp_vit_b_rvs")
+
+
+def test_cpu_threads_follow_omp_affinity_and_cgroup_quota(tmp_path, monkeypatch) -> None:
+    """Threads a run uses: OMP_NUM_THREADS when set, else this process's CPUs (affinity), capped by the cgroup."""
+    allowed = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cpu_threads(tmp_path / "no-cgroup") == allowed
+    (tmp_path / "cpu.max").write_text("max 100000\n")  # cgroup v2, unlimited
+    assert cgroup_cpu_quota(tmp_path) is None and cpu_threads(tmp_path) == allowed
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs
+    assert cgroup_cpu_quota(tmp_path) == 1.5 and cpu_threads(tmp_path) == 1
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(v1) is None
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    assert cgroup_cpu_quota(v1) == 1.0
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads(tmp_path) == 3
+
+
+def test_cpu_threads_follow_the_affinity_of_a_pinned_process() -> None:
+    """As ``taskset -c 0`` or Slurm's --cpus-per-task pin a job: one allowed CPU, one thread, however many the node
+    has (os.cpu_count() would say all)."""
+    code = ("import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); os.environ.pop('OMP_NUM_THREADS', "
+            "None); from mtp_core.device import cpu_threads; print(cpu_threads('/nonexistent'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "1"

@@ -76,6 +76,53 @@ def test_blend_weights_fall_smoothly_to_the_border_and_never_reach_zero() -> Non
     assert np.all(np.diff(w[32, :17]) > 0)  # rising ramp
 
 
+@pytest.mark.parametrize("overlap", [0, 1, 16, 31, 32, 33, 48, 63])
+def test_blend_weights_for_any_overlap_below_the_tile(overlap: int) -> None:
+    """Symmetric, never zero, and never falling towards the tile's centre: a tile's own border always counts least,
+    also when the ramps of an overlap above half the tile would cross."""
+    w = blend_weights(64, overlap)
+    assert np.allclose(w, w.T) and np.allclose(w, w[::-1, ::-1]) and w.min() >= MIN_WEIGHT
+    centre_row = w[32]
+    assert np.all(np.diff(centre_row[:32]) >= 0) and np.all(np.diff(centre_row[32:]) <= 0)
+    if overlap:
+        assert centre_row[0] < centre_row[32]
+
+
+@pytest.mark.parametrize("overlap", [16, 40, 56])
+def test_tiling_with_any_overlap_equals_a_whole_image_pass(overlap: int) -> None:
+    image = smooth_image(300, 250)
+    p = predictor(overlap=overlap)
+    classes, _ = p.predict_array(image)
+    x = torch.from_numpy(p.normalize(np.moveaxis(image, -1, 0), np.ones(image.shape[:2], bool)))[None]
+    with torch.no_grad():
+        whole = torch.softmax(p.model(x), 1)[0].numpy()
+    assert (classes == whole.argmax(0)).mean() >= 0.995
+
+
+def test_test_time_augmentation_averages_the_eight_symmetries() -> None:
+    """With TTA a prediction turns with the image (the 8 flips and rotations are averaged); without it, this check
+    model (not symmetric) does not."""
+    image = smooth_image(64, 64, seed=3)
+    turned = np.ascontiguousarray(np.rot90(image, 1, axes=(0, 1)))
+    for tta in (True, False):
+        p = predictor(tta=tta)
+        probs = p.predict_array(image)[1]
+        probs_turned = p.predict_array(turned)[1]
+        same = np.allclose(probs_turned, np.rot90(probs, 1, axes=(1, 2)), atol=1e-5)
+        assert same is tta
+    assert "8x test-time augmentation" in predictor(tta=True).describe()
+
+
+def test_cpu_threads_are_set_for_a_run_and_restored_after() -> None:
+    seen = []
+    p = predictor(threads=1)
+    forward = p._forward
+    p._forward = lambda x: (seen.append(torch.get_num_threads()), forward(x))[1]
+    before = torch.get_num_threads()
+    p.predict_array(smooth_image(64, 64))
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before
+
+
 def test_tiled_prediction_equals_a_whole_image_pass_away_from_artefacts() -> None:
     image = smooth_image(300, 250)
     p = predictor()

@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import csv
-
+import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import shapely
+import torch
 from osgeo import gdal, osr
 
+from mtp_core.checkpoint import CheckpointError
 from mtp_core.cli import main
+from mtp_core.errors import UserError
 from mtp_core.inference import CLASS_NODATA, Predictor
 from mtp_core.io import GeoError, describe_raster, read_vector, to_metric
+from mtp_core.models import create_model
 from mtp_core.pipeline import extract_buildings
 from mtp_core.progress import Cancelled
 from mtp_core.shard import parse_shard, select_shard
@@ -258,3 +264,110 @@ def test_an_output_folder_that_cannot_be_created_is_explained(checkpoint, scene_
     assert main(["predict", str(scene_tif), "--checkpoint", str(checkpoint), "--out", str(blocker / "out")]) == 2
     err = capsys.readouterr().err
     assert "file.txt" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_without_a_decoder_is_refused_for_prediction(tmp_path, capsys):
+    """An encoder-only file (an MTP *_encoder.pth, an MAE file) would predict with a random head: refused before
+    anything is read, naming what is missing and the command that makes a full checkpoint."""
+    encoder = tmp_path / "encoder.pth"
+    torch.save(create_model("mtp_vit_tiny_rvsa").state_dict(), encoder)
+    scene = write_scene(render_scene(64, 64, 1), tmp_path / "scene.tif")[0]
+    rc = main(["predict", str(scene), "--checkpoint", str(encoder), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no trained decoder" in err and "decode_head" in err and "python -m training.train" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    converted = tmp_path / "converted.pth"  # convert-ckpt writes the new decoder, untrained: refused too
+    assert main(["convert-ckpt", str(encoder), str(converted)]) == 0
+    with pytest.raises(CheckpointError, match="untrained decoder"):
+        Predictor.from_checkpoint(converted)
+
+
+def test_a_truncated_geotiff_is_one_clear_line_and_leaves_nothing(checkpoint, scene_tif, tmp_path, capsys):
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(scene_tif.read_bytes()[: scene_tif.stat().st_size // 2])
+    out = tmp_path / "out"
+    rc = main(["predict", str(truncated), "--checkpoint", str(checkpoint), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and "IReadBlock" not in err.split("FAILED:")[0]
+    line = next(line for line in err.splitlines() if "truncated.tif: FAILED" in line)
+    assert "damaged or missing" in line and "window x=" in line and str(truncated) in line
+    assert sorted(p.name for p in out.iterdir()) == ["failures.csv"]
+
+
+def test_a_rotated_raster_is_predicted_and_vectorized_on_its_own_grid(checkpoint, tmp_path):
+    image = render_scene(192, 192, 5).image
+    c, s = math.cos(math.radians(20)), math.sin(math.radians(20))
+    gt = (500000.0, 0.5 * c, 0.5 * s, 4500000.0, 0.5 * s, -0.5 * c)
+    rotated = tmp_path / "rotated.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(rotated), 192, 192, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform(gt)
+    utm = osr.SpatialReference()
+    utm.ImportFromEPSG(32633)
+    ds.SetProjection(utm.ExportToWkt())
+    for b in range(3):
+        ds.GetRasterBand(b + 1).WriteArray(image[:, :, b])
+    ds = None
+    result = extract_buildings(predictor(checkpoint), rotated, tmp_path / "out")
+    mask = describe_raster(result.mask_path)
+    assert mask.geotransform == pytest.approx(gt) and not result.prediction.warped
+    geoms, attrs, _ = read_vector(result.vector_path)
+    assert len(geoms) > 3
+    footprint = shapely.Polygon([gdal.ApplyGeoTransform(gt, col, row) for col, row in
+                                 ((0, 0), (192, 0), (192, 192), (0, 192))])
+    assert all(footprint.buffer(1e-6).contains(g) for g in geoms)
+    assert sum(attrs["area_m2"]) == pytest.approx(sum(g.area for g in geoms) / 0.9996**2, rel=1e-3)
+
+
+def test_outputs_are_cloud_optimized_geotiffs(checkpoint, scene_tif, tmp_path):
+    result = extract_buildings(predictor(checkpoint), scene_tif, tmp_path, probabilities=True)
+    for path in (result.mask_path, result.prob_path):
+        ds = gdal.Open(str(path))
+        assert ds.GetMetadata("IMAGE_STRUCTURE").get("LAYOUT") == "COG", path
+    assert gdal.Open(str(result.mask_path)).GetRasterBand(1).GetNoDataValue() == CLASS_NODATA
+
+
+def test_gdal_error_mode_is_only_changed_inside_engine_calls(scene_tif, tmp_path):
+    """Inside QGIS other plugins share GDAL's exception mode: the engine leaves it as it found it (off or on)."""
+    code = f"""
+from osgeo import gdal, ogr, osr
+from mtp_core.io import describe_raster
+from mtp_core.inference import Predictor
+from mtp_core.pipeline import extract_buildings
+from mtp_core.weights import DEMO_CHECKPOINT
+modes = lambda: (gdal.GetUseExceptions(), ogr.GetUseExceptions(), osr.GetUseExceptions())
+assert modes() == (0, 0, 0)
+extract_buildings(Predictor.from_checkpoint(DEMO_CHECKPOINT), {str(scene_tif)!r}, {str(tmp_path / "a")!r})
+try:
+    describe_raster("/nonexistent.tif")
+except ValueError:
+    pass
+assert modes() == (0, 0, 0), modes()
+gdal.UseExceptions()
+describe_raster({str(scene_tif)!r})
+assert gdal.GetUseExceptions() == 1
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_the_io_package_imports_without_torch():
+    code = "import sys; import mtp_core.io, mtp_core.io.metres; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    (dict(SLURM_ARRAY_TASK_ID="6", SLURM_ARRAY_TASK_COUNT="8", SLURM_ARRAY_TASK_MIN="0", SLURM_ARRAY_TASK_MAX="14",
+          SLURM_ARRAY_TASK_STEP="2"), (3, 8)),  # --array=0-15:2
+    (dict(SLURM_ARRAY_TASK_ID="12", SLURM_ARRAY_TASK_COUNT="4", SLURM_ARRAY_TASK_MIN="3", SLURM_ARRAY_TASK_MAX="12",
+          SLURM_ARRAY_TASK_STEP="3"), (3, 4)),  # --array=3-12:3
+])
+def test_slurm_arrays_with_steps_give_consecutive_shards(env, expected):
+    assert parse_shard(None, env) == expected
+
+
+def test_an_unevenly_spaced_slurm_array_asks_for_shard():
+    env = dict(SLURM_ARRAY_TASK_ID="4", SLURM_ARRAY_TASK_COUNT="3", SLURM_ARRAY_TASK_MIN="1",
+               SLURM_ARRAY_TASK_MAX="9", SLURM_ARRAY_TASK_STEP="1")  # --array=1,4,9
+    with pytest.raises(UserError, match="--shard K/3"):
+        parse_shard(None, env)
