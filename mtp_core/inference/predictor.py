@@ -3,7 +3,8 @@
 Tiles are read in a background thread (:mod:`.sources`), run in batches on the device, and their softmax
 probabilities are blended (``tiling.blend_weights``) into an accumulator that only spans the tile rows in flight;
 rows no later tile can touch are finished and written immediately. Memory therefore depends on tile size, batch size
-and raster width, never on raster height. Tiles that are entirely nodata are not run, and nodata stays nodata in every output (:mod:`.sinks`).
+and raster width, never on raster height. Tiles that are entirely nodata are not run, and nodata stays nodata in
+every output (:mod:`.sinks`).
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Every builder is registered here and with timm, so ``import mtp_core.models; timm.create_model("mtp_vit_b_rvsa")``
 builds exactly the backbone of the original SpaceNetv1 fine-tuning config, and
-``create_model("mtp_vit_b_rvsa_upernet")`` the whole segmentor. Segmentors also have a default model card (the config's data conventions).
+``create_model("mtp_vit_b_rvsa_upernet")`` the whole segmentor. Segmentors also have a default model card (the
+config's data conventions).
 
 Backbones are built through timm's ``build_model_with_cfg``, so timm's options work on them: ``features_only=True``
 (the four maps through ``forward_intermediates``), a ``pretrained_cfg`` (MTP's mean/std, 384 px input), released

@@ -9,8 +9,8 @@ rooftop units; paved surfaces share colours with roofs so a model has to use sha
 
 Labels: ``Scene.buildings`` are shapely polygons in pixel coordinates (x right, y down, pixel edges on integers)
 and ``Scene.mask`` is their pixel-centre rasterization (:func:`~mtp_tools.synthetic.rasterize.rasterize_polygons`,
-GDAL's rasterizer), so polygon areas and mask counts agree. Trees are kept off roofs (canopies are placed clear of buildings, and roofs are painted after
-canopies), so what a model sees as roof is exactly what the mask says is roof.
+GDAL's rasterizer), so polygon areas and mask counts agree. Trees are kept off roofs (canopies are placed clear of
+buildings, and roofs are painted after canopies), so what a model sees as roof is exactly what the mask says is roof.
 
 Rendering is numpy + shapely in memory; :func:`~mtp_tools.synthetic.files.write_scene` writes a GeoTIFF and a
 GeoJSON.
