@@ -44,7 +44,7 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tiny_dataset: Path, tm
     def step_then_signal(batches):
         parts = step(batches)
         if first.iteration == 4:  # the 5th step: a signal arrives during it
-            first._stop_signal = signal.SIGUSR1
+            first.stop.signum = signal.SIGUSR1
         return parts
 
     monkeypatch.setattr(first, "train_step", step_then_signal)
@@ -153,7 +153,7 @@ def test_a_real_sigusr1_checkpoints_and_exits_with_the_requeue_code(tiny_dataset
             break
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == REQUEUE_EXIT_CODE, rest
-    assert "stopped by signal" in rest
+    assert "stopped by SIGUSR1" in rest
     pointer = Path((tmp_path / "last_checkpoint").read_text())
     assert pointer.exists() and int(pointer.stem.split("_")[1]) >= 4
 
