@@ -127,11 +127,13 @@ def _all_keys(cfg: Mapping[str, Any], prefix: str = "") -> Iterable[str]:
 def apply_overrides(cfg: dict[str, Any], options: Iterable[str], extra_keys: Iterable[str] = ()) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides; unknown keys fail with the closest valid one.
 
-    ``extra_keys`` are dotted keys that are valid even when the config does not set them (the loop's defaults).
-    Replacing a whole dict (``val_dataloader=None``) is allowed; a key the config doesn't have is not.
+    ``extra_keys`` are dotted keys that are valid even when the config does not set them (settings the loop reads
+    but configs usually leave out, e.g. ``optim_wrapper.clip_grad.max_norm``): their missing (or None) parents are
+    created. Replacing a whole dict (``val_dataloader=None``) is allowed; a key the config doesn't have is not.
     """
     cfg = copy.deepcopy(cfg)
-    valid = set(_all_keys(cfg)) | set(extra_keys)
+    extra = set(extra_keys)
+    valid = set(_all_keys(cfg)) | extra
     for option in options:
         if "=" not in option:
             raise ConfigError(f"--cfg-options takes key=value pairs, got {option!r}")
@@ -139,10 +141,12 @@ def apply_overrides(cfg: dict[str, Any], options: Iterable[str], extra_keys: Ite
         parts = key.split(".")
         node: Any = cfg
         for depth, part in enumerate(parts[:-1]):
+            parent = ".".join(parts[: depth + 1])
+            if parent in extra and node.get(part) is None:
+                node[part] = {}
             if part not in node:
-                raise _unknown_key(key, ".".join(parts[: depth + 1]), valid)
+                raise _unknown_key(key, parent, valid)
             if not isinstance(node[part], dict):
-                parent = ".".join(parts[: depth + 1])
                 raise ConfigError(f"--cfg-options {option}: {parent} is {node[part]!r} here (set by the config or an "
                                   f"earlier option), not a dict, so it has no key {parts[depth + 1]!r}")
             node = node[part]

@@ -36,7 +36,7 @@ from training.preemption import REQUEUE_EXIT_CODE, StopRequest, StopSafeDataLoad
 from training.randomness import gather_rng_states, restore_rng_states, seed_everything
 from training.sync_bn import convert_sync_bn
 
-__all__ = ["DEFAULTS", "LAST_CHECKPOINT", "REQUEUE_EXIT_CODE", "Trainer"]
+__all__ = ["DEFAULTS", "LAST_CHECKPOINT", "OPTIONAL_KEYS", "REQUEUE_EXIT_CODE", "Trainer"]
 
 LAST_CHECKPOINT = "last_checkpoint"
 log = logging.getLogger("mtp.train")
@@ -54,6 +54,13 @@ DEFAULTS: dict[str, Any] = {
     "model_card": {},
     "stop_check_interval": 10,
 }
+
+# settings read here that configs usually leave out: --cfg-options may add them (MMEngine's wrapper keys, TTA)
+OPTIONAL_KEYS = (
+    "optim_wrapper.accumulative_counts", "optim_wrapper.clip_grad", "optim_wrapper.clip_grad.type",
+    "optim_wrapper.clip_grad.max_norm", "optim_wrapper.clip_grad.norm_type", "optim_wrapper.clip_grad.clip_value",
+    "optim_wrapper.loss_scale", "optim_wrapper.dtype", "tta_pipeline",
+)
 
 
 class Trainer:

@@ -31,7 +31,7 @@ from training.config import ConfigError, apply_overrides, load_config, merge
 from training.data import SegDataPreProcessor, build_dataset, collate
 from training.dist import DistInfo, LaunchError, cleanup, init_distributed
 from training.evaluation import SampleCallback, evaluate
-from training.loop import DEFAULTS
+from training.loop import DEFAULTS, OPTIONAL_KEYS
 from training.tta import MMSEG_RATIOS, TtaView, tta_views
 
 log = logging.getLogger("mtp.test")
@@ -145,7 +145,7 @@ def run_test(cfg: dict[str, Any], checkpoint: str, info: DistInfo, show_dir: Pat
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = apply_overrides(merge(DEFAULTS, load_config(args.config)), args.cfg_options)
+        cfg = apply_overrides(merge(DEFAULTS, load_config(args.config)), args.cfg_options, OPTIONAL_KEYS)
         info = init_distributed(args.launcher, args.port)
     except (ConfigError, LaunchError, ValueError) as exc:
         print(f"mtp-test: error: {exc}", file=sys.stderr)

@@ -42,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> dict:
-    from training.loop import DEFAULTS
+    from training.loop import DEFAULTS, OPTIONAL_KEYS
 
     cfg = merge(DEFAULTS, load_config(args.config))  # defaults first, so overrides can reach every key
-    cfg = apply_overrides(cfg, args.cfg_options)
+    cfg = apply_overrides(cfg, args.cfg_options, OPTIONAL_KEYS)
     check_mmseg1(cfg)
     if args.amp:
         wrapper = cfg["optim_wrapper"].get("type", "OptimWrapper")

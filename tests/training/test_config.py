@@ -158,3 +158,15 @@ def test_amp_flag_sets_the_wrapper_as_mmseg_train_py(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--amp needs optim_wrapper type 'OptimWrapper'"):
         resolve_config(build_parser().parse_args([str(MTP[0]), "--amp", "--cfg-options",
                                                   "optim_wrapper.type=ApexOptimWrapper"]))
+
+
+def test_wrapper_settings_configs_leave_out_can_be_set_from_the_command_line() -> None:
+    from training.loop import OPTIONAL_KEYS
+
+    cfg = merge(DEFAULTS, load_config(MTP[0]))
+    cfg["optim_wrapper"]["clip_grad"] = None  # as MMSeg 1.x's schedule files write it
+    out = apply_overrides(cfg, ["optim_wrapper.clip_grad.max_norm=35", "optim_wrapper.dtype=bfloat16",
+                                "optim_wrapper.accumulative_counts=2"], OPTIONAL_KEYS)
+    assert out["optim_wrapper"]["clip_grad"] == {"max_norm": 35} and out["optim_wrapper"]["dtype"] == "bfloat16"
+    with pytest.raises(ConfigError, match="did you mean 'optim_wrapper.dtype'"):
+        apply_overrides(cfg, ["optim_wrapper.dtpye=bfloat16"], OPTIONAL_KEYS)

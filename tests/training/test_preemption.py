@@ -140,6 +140,7 @@ def test_preempting_the_whole_step_checkpoints_requeues_once_and_resumes_bit_for
     assert "srun exit status 137" in out and "stopped by SIGTERM" in out, out  # srun's status is not 75 ...
     assert _lines(tmp_path / "scontrol.log") == [f"requeue {slurm['SLURM_JOB_ID']}"]  # ... the job is requeued once
     assert "DataLoader worker" not in out and not (work / "requeue_request").exists()
+    assert "deprecated" not in out  # no per-rank warning from the SyncBN all-reduce
     stopped_at = int(Path((work / "last_checkpoint").read_text()).stem.split("_")[1])
     assert 2 <= stopped_at < 8 and (work / "curves.png").is_file()
 
