@@ -97,6 +97,8 @@ class Trainer:
             model = convert_sync_bn(model, info.device)
         self.model = model.to(info.device)
         self.optim_wrapper = build_optim_wrapper(self.model, cfg["optim_wrapper"], info.device)
+        if info.is_main:
+            log.info("%r", self.optim_wrapper)
         self.scheduler = build_scheduler(self.optim_wrapper.optimizer, cfg.get("param_scheduler") or [],
                                          self.max_iters)
         self.ddp = (

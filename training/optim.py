@@ -270,8 +270,9 @@ def _parse_phase(cfg: Mapping[str, Any], max_iters: int) -> _Phase:
 class ParamScheduler:
     """Learning rates of a chain of MMEngine schedulers, set on the optimizer for the current step.
 
-    ``last_step`` is the 0-based optimizer step whose rates are set now: construction sets step 0, and each
-    ``step()`` (call it after ``optimizer.step()``) moves to the next one. Rates are computed from
+    ``last_step`` is the 0-based training iteration whose rates are set now: construction sets step 0, and each
+    ``step()`` (after every iteration, also one that only accumulates gradients, as MMEngine's ParamSchedulerHook)
+    moves to the next one. Rates are computed from
     ``last_step`` and each group's ``initial_lr`` only, so a scheduler restored with ``load_state_dict`` continues
     exactly as an uninterrupted one.
     """

@@ -125,6 +125,14 @@ class OptimWrapper:
     def param_groups(self) -> list[dict[str, Any]]:
         return self.optimizer.param_groups
 
+    def __repr__(self) -> str:
+        clip = {"type": "value" if self.clip_func is torch.nn.utils.clip_grad_value_ else "norm", **self.clip_kwargs}
+        return (f"{type(self).__name__}({type(self.optimizer).__name__}, accumulative_counts="
+                f"{self.accumulative_counts}, clip_grad={clip if self.clip_func else None}{self._amp_repr()})")
+
+    def _amp_repr(self) -> str:
+        return ""
+
 
 class AmpOptimWrapper(OptimWrapper):
     """Mixed precision: autocast in :meth:`optim_context`; float16 also scales the loss (``GradScaler``)."""
@@ -141,6 +149,10 @@ class AmpOptimWrapper(OptimWrapper):
     def optim_context(self, model: nn.Module) -> Iterator[None]:
         with super().optim_context(model), torch.autocast(self.device_type, dtype=self.cast_dtype):
             yield
+
+    def _amp_repr(self) -> str:
+        scale = "none" if self.loss_scaler is None else self._static_scale or "dynamic"
+        return f", dtype={str(self.cast_dtype).removeprefix('torch.')}, loss_scale={scale}"
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.loss_scaler.scale(loss) if self.loss_scaler else loss).backward()
