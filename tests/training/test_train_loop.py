@@ -275,8 +275,9 @@ def test_resume_true_with_load_from_resumes_as_mmengine(tiny_dataset: Path, tmp_
                f"load_from={tmp_path / 'first' / 'iter_2.pth'}"]
     assert train_main([str(TINY_CONFIG), "--work-dir", str(other), "--cfg-options", *options]) == 0
     assert [json.loads(line)["iter"] for line in (other / "log.jsonl").read_text().splitlines()] == [3]
+    expected = safe_load(tmp_path / "first" / "iter_3.pth")["state_dict"]
     for key, value in safe_load(other / "iter_3.pth")["state_dict"].items():
-        assert torch.equal(value, safe_load(tmp_path / "first" / "iter_3.pth")["state_dict"][key]), key
+        assert torch.equal(value, expected[key]), key
 
 
 def test_wrong_val_data_and_batch_one_with_batch_norm_fail_at_start(tiny_dataset: Path, tmp_path: Path,
