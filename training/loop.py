@@ -202,8 +202,8 @@ class Trainer:
         last = Path(pointer.read_text().strip()) if pointer.is_file() else None
         if resume and last is not None:
             return last
-        if self.cfg.get("resume") and self.cfg.get("load_from"):
-            return Path(self.cfg["load_from"])
+        if self.cfg.get("resume") and (self.cfg.get("load_from") or last):
+            return Path(self.cfg["load_from"]) if self.cfg.get("load_from") else last
         if (resume or self.cfg.get("resume")) and self.info.is_main:
             log.warning("resume: no checkpoint in %s yet, starting from iteration 0", self.work_dir)
         return None

@@ -270,6 +270,9 @@ def test_resume_true_with_load_from_resumes_as_mmengine(tiny_dataset: Path, tmp_
     first = Trainer(tiny_cfg(tiny_dataset, *short), tmp_path / "first", DistInfo())
     (tmp_path / "first").mkdir()
     first.run()
+    assert first.resume_source(None) is None
+    first.cfg["resume"] = True  # resume=True without load_from: the work dir's last checkpoint
+    assert first.resume_source(None) == (tmp_path / "first" / "iter_3.pth").resolve()
     other = tmp_path / "other"
     options = [f"train_dataloader.dataset.data_root={tiny_dataset}", *short, "resume=True",
                f"load_from={tmp_path / 'first' / 'iter_2.pth'}"]
