@@ -27,8 +27,10 @@ def plot_training_log(log_path: Path, png_path: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot([r["iter"] for r in train], [r["loss"] for r in train])
     axes[0].set(title="training loss", xlabel="iteration", yscale="log")
-    axes[1].plot([r["iter"] for r in train], [r["lr"] for r in train])
-    axes[1].set(title="learning rate (before layer scale)", xlabel="iteration")
+    axes[1].plot([r["iter"] for r in train], [r.get("base_lr", r["lr"]) for r in train], label="base_lr")
+    axes[1].plot([r["iter"] for r in train], [r["lr"] for r in train], label="lr (first group, after layer decay)")
+    axes[1].set(title="learning rate", xlabel="iteration")
+    axes[1].legend()
     axes[2].plot([r["iter"] for r in val], [r["mIoU"] for r in val], marker="o")
     axes[2].set(title="validation mIoU", xlabel="iteration")
     for ax in axes:

@@ -1,7 +1,8 @@
-"""Validation/test over a dataset: MMSeg's inference (whole or slide) and IoUMetric, reduced across ranks."""
+"""Validation/test over a dataset: MMSeg's inference (whole or slide, optionally TTA) and IoUMetric, reduced across
+ranks, plus SpaceNet's building polygon F1."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -12,8 +13,9 @@ from mtp_core.metrics import MatchResult, PixelMetrics, polygon_f1
 from mtp_core.models import EncoderDecoder
 from mtp_core.vectorize import vectorize_array
 from training.dist import DistInfo, all_reduce_sum_
+from training.tta import TtaView, predict_tta
 
-SampleCallback = Callable[[Mapping[str, Any], Tensor, Tensor], None]
+SampleCallback = Callable[[Mapping[str, Any], Tensor], None]  # (packed sample, predicted class map)
 
 
 def predict_logits(
@@ -52,11 +54,13 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     on_sample: SampleCallback | None = None,
     window_batch: int = 4,
+    tta: Sequence[TtaView] = (),
 ) -> dict[str, Any]:
     """aAcc/mIoU/mAcc/mDice/mFscore summed across ranks (as MMSeg's IoUMetric), plus building polygon F1.
 
     The polygon F1 (``building_f1``/``_precision``/``_recall``) follows SpaceNet's rules on the vectorized prediction
     and label of each image, counts summed over the split; it is computed when a class is named ``building``.
+    With ``tta`` views the prediction is their mean probability (see ``training.tta``).
     """
     was_training = model.training
     model.eval()
@@ -65,10 +69,17 @@ def evaluate(
     counts = torch.zeros(3, dtype=torch.float64)  # polygon TP, FP, FN
     for batch in samples:
         for sample in batch:  # images differ in size: one at a time, windows batched
-            img, _ = preprocess([sample], info.device)
             with torch.autocast(info.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = predict_logits(model, img, sample["meta"]["ori_shape"], mode, crop, stride, window_batch)
-            probs = torch.softmax(logits.float(), 1)[0]
+                if tta:
+                    probs = predict_tta(
+                        sample["img"], lambda img: preprocess([{**sample, "img": img, "gt": None}], info.device)[0],
+                        sample["meta"]["ori_shape"], tta,
+                        lambda x: model.predict(x, mode=mode, crop_size=crop, stride=stride, batch_size=window_batch),
+                        crop)
+                else:
+                    img, _ = preprocess([sample], info.device)
+                    logits = predict_logits(model, img, sample["meta"]["ori_shape"], mode, crop, stride, window_batch)
+                    probs = torch.softmax(logits.float(), 1)[0]
             pred = probs.argmax(0)
             if sample.get("gt") is not None:
                 metrics.update(pred.cpu(), sample["gt"].long())
@@ -76,7 +87,7 @@ def evaluate(
                     counts += torch.tensor(building_counts(pred.cpu().numpy(), sample["gt"].numpy(),
                                                            probs.cpu().numpy(), building), dtype=torch.float64)
             if on_sample is not None:
-                on_sample(sample, logits[0].float().cpu(), pred.cpu())
+                on_sample(sample, pred.cpu())
     if info.distributed:
         metrics.reduce_()
         counts = all_reduce_sum_(counts.to(info.device), info).cpu()

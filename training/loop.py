@@ -1,41 +1,43 @@
 """The iteration-based training loop of MTP's recipe: resumable bit for bit, preemption-safe, distributed.
 
-Resuming restores model, optimizer, scheduler, iteration, sampler position and RNG; data augmentation is a pure
-function of (seed, sample position) (see ``training.data``), so a run interrupted at iteration k and resumed equals an
-uninterrupted one. SIGTERM/SIGUSR1 make every rank stop at the next agreed step, write a checkpoint and exit with
-``REQUEUE_EXIT_CODE``, on which the sbatch script of ``mtp-slurm`` requeues the job.
+Resuming restores model, optimizer (and loss scaler), scheduler, iteration, the sampler's place in the global sample
+stream and every rank's RNG state; data augmentation is a pure function of (seed, sample position) (see
+``training.data``), so a run interrupted at iteration k and resumed equals an uninterrupted one. A stop signal on any
+rank (SIGTERM, SIGUSR1, SIGINT; see ``training.preemption``) makes every rank stop at the next agreed optimizer step,
+write a checkpoint and exit with ``REQUEUE_EXIT_CODE``; inside a Slurm job rank 0 also asks the batch script of
+``mtp-slurm`` for a requeue.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import random
-import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 import mtp_core
 from mtp_core.checkpoint import atomic_torch_save, load_weights, safe_load
+from mtp_core.io import atomic_path
 from mtp_core.models import EncoderDecoder, ModelCard
 from training.builder import SegmentorSpec, build_segmentor, model_card, segmentation_loss
 from training.config import config_text
 from training.data import InfiniteSampler, SegDataPreProcessor, build_dataset, collate
-from training.dist import DistInfo, broadcast_object
+from training.dist import DistInfo, broadcast_object, per_tensor_allreduce
 from training.evaluation import evaluate
-from training.optim import build_optimizer, build_scheduler
+from training.optim import build_scheduler
+from training.optim_wrapper import build_optim_wrapper
+from training.preemption import REQUEUE_EXIT_CODE, StopRequest, StopSafeDataLoader, write_requeue_marker
+from training.randomness import gather_rng_states, restore_rng_states, seed_everything
 from training.sync_bn import convert_sync_bn
 
-REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "try again"; mtp-slurm's sbatch script requeues the job on it
+__all__ = ["DEFAULTS", "LAST_CHECKPOINT", "OPTIONAL_KEYS", "REQUEUE_EXIT_CODE", "Trainer"]
+
 LAST_CHECKPOINT = "last_checkpoint"
 log = logging.getLogger("mtp.train")
 
@@ -45,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
         "logger": {"type": "LoggerHook", "interval": 50, "log_metric_by_epoch": False},
         "checkpoint": {"type": "CheckpointHook", "by_epoch": False, "interval": 5000, "max_keep_ckpts": -1},
     },
-    "randomness": {"seed": 0},
+    "randomness": {"seed": 0, "diff_rank_seed": False},
     "find_unused_parameters": False,
     "load_from": None,
     "resume": False,
@@ -53,53 +55,12 @@ DEFAULTS: dict[str, Any] = {
     "stop_check_interval": 10,
 }
 
-
-class StopRequested(Exception):
-    """A preemption signal arrived; a checkpoint was written."""
-
-
-@dataclass
-class AmpSettings:
-    dtype: torch.dtype | None  # None = float32
-    scaler: torch.amp.GradScaler | None
-
-
-def _amp_settings(optim_cfg: dict[str, Any], device: torch.device) -> AmpSettings:
-    if optim_cfg.get("type", "OptimWrapper") != "AmpOptimWrapper":
-        return AmpSettings(None, None)
-    bf16_ok = device.type == "cpu" or torch.cuda.is_bf16_supported()
-    name = optim_cfg.get("dtype") or ("bfloat16" if bf16_ok else "float16")
-    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name)
-    if dtype is None:
-        raise ValueError(f"optim_wrapper.dtype {name!r}: use 'bfloat16' or 'float16'")
-    scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
-    return AmpSettings(dtype, scaler)
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state(legacy=False)
-    np_state["state"]["key"] = np_state["state"]["key"].tolist()
-    state = {"torch": torch.get_rng_state(), "numpy": np_state, "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np_state = dict(state["numpy"])
-    np_state["state"] = dict(np_state["state"], key=np.array(np_state["state"]["key"], dtype=np.uint32))
-    np.random.set_state(np_state)
-    python = state["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+# settings read here that configs usually leave out: --cfg-options may add them (MMEngine's wrapper keys, TTA)
+OPTIONAL_KEYS = (
+    "optim_wrapper.accumulative_counts", "optim_wrapper.clip_grad", "optim_wrapper.clip_grad.type",
+    "optim_wrapper.clip_grad.max_norm", "optim_wrapper.clip_grad.norm_type", "optim_wrapper.clip_grad.clip_value",
+    "optim_wrapper.loss_scale", "optim_wrapper.dtype", "tta_pipeline",
+)
 
 
 class Trainer:
@@ -108,7 +69,8 @@ class Trainer:
     def __init__(self, cfg: dict[str, Any], work_dir: Path, info: DistInfo) -> None:
         self.cfg, self.work_dir, self.info = cfg, work_dir, info
         self.seed = int(cfg["randomness"].get("seed") or 0)
-        seed_everything(self.seed)
+        self.diff_rank_seed = bool(cfg["randomness"].get("diff_rank_seed", False))
+        seed_everything(self.seed, info.rank, self.diff_rank_seed)
         self.spec: SegmentorSpec = build_segmentor(cfg["model"])
         pre_cfg = cfg.get("data_preprocessor") or cfg["model"].get("data_preprocessor") or {}
         self.preprocess = SegDataPreProcessor(
@@ -119,32 +81,53 @@ class Trainer:
         self.eval_preprocess = SegDataPreProcessor(mean=self.preprocess.mean, std=self.preprocess.std)
         loader_cfg = cfg["train_dataloader"]
         self.train_set = build_dataset(loader_cfg["dataset"])
+        self.val_set = build_dataset(cfg["val_dataloader"]["dataset"]) if self._validates() else None  # fail now
         self.classes = tuple(getattr(self.train_set, "classes", ("background", "building")))
         self.card: ModelCard = model_card(self.spec, pre_cfg, self.classes, cfg.get("model_card"))
         self.max_iters = int(cfg["train_cfg"]["max_iters"])
         self.batch_size = int(loader_cfg.get("batch_size", 1))
-        self.amp = _amp_settings(cfg["optim_wrapper"], info.device)
-        self.accumulate = int(cfg["optim_wrapper"].get("accumulative_counts", 1))
-        clip = cfg["optim_wrapper"].get("clip_grad") or {}
-        self.clip_norm = float(clip["max_norm"]) if clip.get("max_norm") else None
+        self._check_batch_norm_batch()
 
         model: EncoderDecoder = self.spec.model
         if self.spec.pretrained:
             self._log_report(load_weights(model.backbone, self.spec.pretrained))
-        if cfg.get("load_from"):
+        if cfg.get("load_from") and not cfg.get("resume"):  # resume=True makes load_from the checkpoint to resume
             self._log_report(load_weights(model, cfg["load_from"]))
         if info.distributed and self.spec.sync_bn:
             model = convert_sync_bn(model, info.device)
         self.model = model.to(info.device)
-        self.optimizer = build_optimizer(self.model, cfg["optim_wrapper"])
-        self.scheduler = build_scheduler(self.optimizer, cfg.get("param_scheduler") or [], self.max_iters)
+        self.optim_wrapper = build_optim_wrapper(self.model, cfg["optim_wrapper"], info.device)
+        if info.is_main:
+            log.info("%r", self.optim_wrapper)
+        self.scheduler = build_scheduler(self.optim_wrapper.optimizer, cfg.get("param_scheduler") or [],
+                                         self.max_iters)
         self.ddp = (
             DistributedDataParallel(self.model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                                     find_unused_parameters=bool(cfg.get("find_unused_parameters")))
             if info.distributed else None
         )
+        if self.ddp is not None and info.device.type == "cpu":
+            self.ddp.register_comm_hook(None, per_tensor_allreduce)  # bit-exact resume with 3+ ranks
         self.iteration = 0
-        self._stop_signal: int | None = None
+        self.stop = StopRequest()
+        self.sampler: InfiniteSampler | None = None
+        self._sampler_state: dict[str, Any] | None = None
+        self._sampler_first_iteration = 0
+
+    def _validates(self) -> bool:
+        """MMEngine validates when val_dataloader, val_evaluator and val_cfg are all set."""
+        return bool(self.cfg.get("val_dataloader") and self.cfg.get("val_evaluator")
+                    and self.cfg.get("val_cfg", {}) is not None)
+
+    def _check_batch_norm_batch(self) -> None:
+        """BatchNorm on the decode head's 1x1 pooled features needs two samples per (synchronised) batch."""
+        norm_batch = self.batch_size * (self.info.world_size if self.spec.sync_bn else 1)
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.spec.model.modules())
+        if has_bn and norm_batch < 2 and 1 in getattr(self.spec.model.decode_head, "pool_scales", ()):
+            raise ValueError(
+                "train_dataloader.batch_size=1 with BatchNorm: the decode head's 1x1 pooled features (pool_scales 1) "
+                "then have one value per channel, which BatchNorm cannot normalise; use batch_size>=2, or SyncBN "
+                "with 2 or more processes (MTP: 8 GPUs x batch 1)")
 
     # ----------------------------------------------------------------------------------------------- logging
     def _log_report(self, report: Any) -> None:
@@ -156,36 +139,47 @@ class Trainer:
             with open(self.work_dir / "log.jsonl", "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record) + "\n")
 
+    def _forget_log_after(self, iteration: int) -> None:
+        """A resumed run re-runs the iterations after its checkpoint: drop what the first run logged for them."""
+        path = self.work_dir / "log.jsonl"
+        if not self.info.is_main or not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("iter", 0) <= iteration]
+        if len(kept) != len(lines):
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(kept), encoding="utf-8")
+
     # ----------------------------------------------------------------------------------------------- checkpoints
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {
+    def save_checkpoint(self) -> Path:
+        """Every rank calls it (the RNG states of all ranks are gathered); rank 0 writes the file."""
+        rng = gather_rng_states(self.info.device)
+        path = self.work_dir / f"iter_{self.iteration}.pth"
+        if not self.info.is_main:
+            return path
+        assert self.sampler is not None
+        consumed = (self.iteration - self._sampler_first_iteration) * self.batch_size
+        state = {
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "meta": {
                 "model_card": self.card.to_dict(),
                 "mtp_core_version": mtp_core.__version__,
                 "iteration": self.iteration,
                 "seed": self.seed,
+                "world_size": self.info.world_size,
                 "config": config_text(self.cfg),
             },
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optim_wrapper.state_dict(),
             "param_schedulers": self.scheduler.state_dict(),
-            "sampler": {"consumed_per_rank": self.iteration * self.batch_size * self.accumulate},
-            "rng": _rng_state(),
-            "scaler": self.amp.scaler.state_dict() if self.amp.scaler else None,
+            "sampler": self.sampler.state_dict(consumed),
+            "rng": {"ranks": rng},
         }
-
-    def save_checkpoint(self) -> Path:
-        path = self.work_dir / f"iter_{self.iteration}.pth"
-        state = self.checkpoint_state()  # every rank: RNG state is per rank, but rank 0's is what resumes
-        if self.info.is_main:
-            atomic_torch_save(state, path)
-            tmp = self.work_dir / f".{LAST_CHECKPOINT}.tmp"
-            tmp.write_text(str(path.resolve()))
-            os.replace(tmp, self.work_dir / LAST_CHECKPOINT)
-            self._prune_checkpoints()
-            log.info("saved checkpoint %s", path)
-        if self.info.distributed:
-            dist.barrier()
+        atomic_torch_save(state, path)
+        tmp = self.work_dir / f".{LAST_CHECKPOINT}.tmp"
+        tmp.write_text(str(path.resolve()))
+        os.replace(tmp, self.work_dir / LAST_CHECKPOINT)
+        self._prune_checkpoints()
+        log.info("saved checkpoint %s", path)
         return path
 
     def _prune_checkpoints(self) -> None:
@@ -196,12 +190,22 @@ class Trainer:
         for old in found[:-keep]:
             old.unlink(missing_ok=True)
 
-    def find_resume_checkpoint(self, explicit: str | None) -> Path | None:
-        if explicit:
-            return Path(explicit)
+    def resume_source(self, resume: str | bool | None) -> Path | None:
+        """The checkpoint to resume from, as MMEngine decides it.
+
+        ``--resume CKPT``: CKPT. ``--resume``: the work dir's last checkpoint (what a requeued job needs). Config
+        ``resume=True``: ``load_from`` when set (MMEngine's ``resume=True load_from=CKPT``), else the last checkpoint.
+        """
+        if isinstance(resume, str):
+            return Path(resume)
         pointer = self.work_dir / LAST_CHECKPOINT
-        if pointer.is_file():
-            return Path(pointer.read_text().strip())
+        last = Path(pointer.read_text().strip()) if pointer.is_file() else None
+        if resume and last is not None:
+            return last
+        if self.cfg.get("resume") and (self.cfg.get("load_from") or last):
+            return Path(self.cfg["load_from"]) if self.cfg.get("load_from") else last
+        if (resume or self.cfg.get("resume")) and self.info.is_main:
+            log.warning("resume: no checkpoint in %s yet, starting from iteration 0", self.work_dir)
         return None
 
     def resume(self, path: Path) -> None:
@@ -209,111 +213,96 @@ class Trainer:
         missing = [k for k in ("state_dict", "optimizer", "param_schedulers", "meta", "rng") if k not in state]
         if missing:
             raise ValueError(f"{path} is not a training checkpoint of this project (no {missing}); "
-                             "use load_from=PATH to start from its weights instead")
+                             "use load_from=PATH (without resume=True) to start from its weights instead")
         self.model.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optim_wrapper.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["param_schedulers"])
-        if self.amp.scaler and state.get("scaler"):
-            self.amp.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["meta"]["iteration"])
-        _set_rng_state(state["rng"])
+        saved_seed = int(state["meta"].get("seed", self.seed))
+        if saved_seed != self.seed and self.info.is_main:
+            log.warning("the checkpoint was trained with seed %d, the config says %d: continuing with %d (as MMEngine)",
+                        saved_seed, self.seed, saved_seed)
+        self.seed = saved_seed
+        self._sampler_state = state.get("sampler") if "position" in state.get("sampler", {}) else None
+        states = state["rng"].get("ranks", [state["rng"]])
+        exact = restore_rng_states(states, self.info.rank, self.info.world_size, self.info.device, self.seed,
+                                   self.iteration)
+        if not exact and self.info.is_main:
+            log.warning(
+                "the checkpoint was written by %d process(es), this run has %d: the sample stream continues where "
+                "all ranks left it, re-sharded over %d ranks (effective batch %d -> %d), and the random generators "
+                "are re-seeded from (seed, iteration, rank). Deterministic, but not the run %d processes would give.",
+                len(states), self.info.world_size, self.info.world_size, len(states) * self.batch_size,
+                self.info.world_size * self.batch_size, len(states))
+        self._forget_log_after(self.iteration)
         if self.info.is_main:
             log.info("resumed from %s at iteration %d", path, self.iteration)
-
-    # ----------------------------------------------------------------------------------------------- signals
-    def install_signal_handlers(self) -> None:
-        def request_stop(signum: int, _frame: Any) -> None:
-            self._stop_signal = signum
-
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, request_stop)
-
-    def _stop_agreed(self) -> bool:
-        """All ranks stop at the same step: any rank's signal counts (a tiny all-reduce, every few steps)."""
-        flag = torch.tensor([1.0 if self._stop_signal is not None else 0.0], device=self.info.device)
-        if self.info.distributed:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
 
     # ----------------------------------------------------------------------------------------------- data
     def _batches(self) -> Iterator[list]:
         cfg = self.cfg["train_dataloader"]
-        sampler = InfiniteSampler(
+        self.sampler = InfiniteSampler(
             len(self.train_set), shuffle=cfg.get("sampler", {}).get("shuffle", True), seed=self.seed,
-            rank=self.info.rank, world_size=self.info.world_size,
-            start=self.iteration * self.batch_size * self.accumulate,
+            rank=self.info.rank, world_size=self.info.world_size, start=self.iteration * self.batch_size,
         )
+        if self._sampler_state is not None:
+            self.sampler.load_state_dict(self._sampler_state)
+        self._sampler_first_iteration = self.iteration
         workers = int(cfg.get("num_workers", 0))
-        loader = DataLoader(
-            self.train_set, batch_size=self.batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-            persistent_workers=workers > 0 and bool(cfg.get("persistent_workers", False)),
+        loader = StopSafeDataLoader(
+            self.train_set, batch_size=self.batch_size, sampler=self.sampler, num_workers=workers,
+            collate_fn=collate, persistent_workers=workers > 0 and bool(cfg.get("persistent_workers", False)),
             pin_memory=self.info.device.type == "cuda", drop_last=True,
             generator=torch.Generator().manual_seed(self.seed),  # worker seeds must not draw from the global RNG
         )
         return iter(loader)
 
-    def _val_loader(self, key: str) -> DataLoader | None:
-        loader_cfg = self.cfg.get(key)
-        if not loader_cfg:
-            return None
-        dataset = build_dataset(loader_cfg["dataset"])
-        indices = list(range(self.info.rank, len(dataset), self.info.world_size))
-        return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=1, collate_fn=collate,
-                          num_workers=int(loader_cfg.get("num_workers", 0)), generator=torch.Generator())
+    def _val_loader(self) -> StopSafeDataLoader:
+        assert self.val_set is not None
+        indices = list(range(self.info.rank, len(self.val_set), self.info.world_size))
+        return StopSafeDataLoader(torch.utils.data.Subset(self.val_set, indices), batch_size=1, collate_fn=collate,
+                                  num_workers=int(self.cfg["val_dataloader"].get("num_workers", 0)),
+                                  generator=torch.Generator())
 
     # ----------------------------------------------------------------------------------------------- loop
     def validate(self) -> dict[str, Any] | None:
-        loader = self._val_loader("val_dataloader")
-        if loader is None or not self.cfg.get("val_evaluator"):
+        if self.val_set is None:
             return None
-        metrics = evaluate(self.model, loader, self.eval_preprocess, self.info, self.classes, self.spec.test_mode,
-                           self.spec.crop_size, self.spec.stride, self.amp.dtype)
-        summary = {k: metrics[k] for k in ("aAcc", "mIoU", "mAcc", "mDice", "mFscore")}
+        metrics = evaluate(self.model, self._val_loader(), self.eval_preprocess, self.info, self.classes,
+                           self.spec.test_mode, self.spec.crop_size, self.spec.stride,
+                           getattr(self.optim_wrapper, "cast_dtype", None))
+        keys = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "building_f1")
+        summary = {k: metrics[k] for k in keys if k in metrics}
         if self.info.is_main:
             log.info("val at iter %d: %s", self.iteration, " ".join(f"{k} {v:.2f}" for k, v in summary.items()))
         self._write_log({"iter": self.iteration, "mode": "val", **summary})
         return metrics
 
     def train_step(self, batches: Iterator[list]) -> dict[str, torch.Tensor]:
+        """One iteration (one micro-batch): forward, backward, and an optimizer step when the wrapper says so."""
         net = self.ddp or self.model
-        parts_sum: dict[str, torch.Tensor] = {}
-        for micro in range(self.accumulate):
-            imgs, gts = self.preprocess(next(batches), self.info.device)
-            sync = self.ddp is None or micro == self.accumulate - 1
-            context = self.ddp.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
-            with context:
-                with torch.autocast(self.info.device.type, dtype=self.amp.dtype or torch.float32,
-                                    enabled=self.amp.dtype is not None):
-                    logits, aux = net(imgs, return_aux=True)
-                loss, parts = segmentation_loss(logits, aux, gts, self.spec.losses)
-                loss = loss / self.accumulate
-                (self.amp.scaler.scale(loss) if self.amp.scaler else loss).backward()
-            for key, value in parts.items():
-                parts_sum[key] = parts_sum.get(key, 0) + value.detach() / self.accumulate
-        if self.clip_norm is not None:
-            if self.amp.scaler:
-                self.amp.scaler.unscale_(self.optimizer)
-            parts_sum["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
-        if self.amp.scaler:
-            self.amp.scaler.step(self.optimizer)
-            self.amp.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        parts_sum["loss"] = sum(v for k, v in parts_sum.items() if "loss" in k)
-        return parts_sum
+        imgs, gts = self.preprocess(next(batches), self.info.device)
+        with self.optim_wrapper.optim_context(net):
+            logits, aux = net(imgs, return_aux=True)
+            loss, parts = segmentation_loss(logits, aux, gts, self.spec.losses)
+        stepped = self.optim_wrapper.update_params(loss)
+        self.scheduler.step()  # every iteration, also while gradients accumulate (MMEngine's ParamSchedulerHook)
+        out = {key: value.detach() for key, value in parts.items()}
+        out["loss"] = loss.detach()
+        if stepped and self.optim_wrapper.grad_norm is not None:
+            out["grad_norm"] = self.optim_wrapper.grad_norm
+        return out
 
     def run(self, resume: str | bool | None = None) -> int:
         """Train to ``max_iters`` (or stop on a signal); returns the process exit code."""
-        if resume:
-            found = self.find_resume_checkpoint(resume if isinstance(resume, str) else None)
-            found = broadcast_object(found, self.info)
-            if found is not None:
-                self.resume(found)
-            elif self.info.is_main:
-                log.warning("--resume: no checkpoint in %s yet, starting from iteration 0", self.work_dir)
-        self.install_signal_handlers()
+        source = broadcast_object(self.resume_source(resume), self.info)
+        if source is not None:
+            self.resume(source)
+        self.optim_wrapper.initialize_count_status(self.model, self.iteration, self.max_iters)
+        with self.stop.installed():
+            return self._train()
+
+    def _train(self) -> int:
         self.model.train()
         batches = self._batches()
         hooks = self.cfg["default_hooks"]
@@ -321,53 +310,80 @@ class Trainer:
         ckpt_every = int(hooks["checkpoint"].get("interval", 5000))
         val_every = int(self.cfg["train_cfg"].get("val_interval") or 0)
         stop_every = int(self.cfg.get("stop_check_interval", 10))
+        next_stop_check = self.iteration + stop_every
         window: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
         window_start, window_iters = time.perf_counter(), 0
-        start_iter = self.iteration
         while self.iteration < self.max_iters:
-            lr = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)
+            lrs = {"base_lr": self.scheduler.base_lr(), "lr": self.optim_wrapper.param_groups[0]["lr"]}
             parts = self.train_step(batches)
             self.iteration += 1
             window_iters += 1
             for key, value in parts.items():
                 window[key] = window.get(key, 0) + value
+                counts[key] = counts.get(key, 0) + 1
             if self.iteration % log_every == 0 or self.iteration == self.max_iters:
                 elapsed = time.perf_counter() - window_start
-                self._log_progress(lr, {k: float(v) / window_iters for k, v in window.items()},
-                                   window_iters / max(elapsed, 1e-9), start_iter)
-                window, window_start, window_iters = {}, time.perf_counter(), 0
-            if self.iteration % ckpt_every == 0 or self.iteration == self.max_iters:
+                means = {k: float(v) / counts[k] for k, v in window.items()}
+                self._log_progress(lrs, means, window_iters / max(elapsed, 1e-9))
+                window, counts, window_start, window_iters = {}, {}, time.perf_counter(), 0
+            saved = self.iteration % ckpt_every == 0 or self.iteration == self.max_iters
+            if saved:
                 self.save_checkpoint()
             if val_every and self.iteration % val_every == 0:
                 self.validate()
-            if self.iteration % stop_every == 0 and self._stop_agreed():
-                if self.iteration % ckpt_every:
-                    self.save_checkpoint()
-                if self.info.is_main:
-                    log.warning("stopped by signal %s at iteration %d; resume with --resume", self._stop_signal,
-                                self.iteration)
-                return REQUEUE_EXIT_CODE
+            # stop only where the optimizer just stepped: no accumulated gradient is lost
+            if self.optim_wrapper.should_update() and self.iteration >= next_stop_check:
+                next_stop_check = self.iteration + stop_every
+                if self.iteration < self.max_iters and self._stop_agreed():
+                    return self._stop(saved)
         if self.info.is_main:
             self._plot_curves()
         return 0
 
-    def _log_progress(self, lr: float, means: dict[str, float], its: float, start_iter: int) -> None:
+    def _stop_agreed(self) -> bool:
+        """All ranks stop at the same step: any rank's signal counts (a tiny all-reduce, every few steps); a
+        preemption signal (SIGTERM 15, SIGUSR1 10) outranks Ctrl-C (SIGINT 2)."""
+        flag = torch.tensor([float(self.stop.signum or 0)], device=self.info.device)
+        if self.info.distributed:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item():
+            self.stop.signum = int(flag.item())
+        return self.stop.requested
+
+    def _stop(self, saved: bool) -> int:
+        """Checkpoint, requeue marker and curves, all before any rank exits: with ``srun --kill-on-bad-exit`` the
+        first rank to exit gets the others killed."""
+        if not saved:
+            self.save_checkpoint()
+        if self.info.is_main:
+            write_requeue_marker(self.work_dir, self.iteration, self.stop)
+            self._plot_curves()
+            log.warning("stopped by %s at iteration %d; resume with --resume", self.stop.name, self.iteration)
+        if self.info.distributed:
+            dist.barrier()
+        return self.stop.exit_code
+
+    def _log_progress(self, lrs: dict[str, float], means: dict[str, float], its: float) -> None:
         if not self.info.is_main:
             return
         remaining = (self.max_iters - self.iteration) / max(its, 1e-9)
         eta = time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining < 86400 else f"{remaining / 86400:.1f} d"
         memory = torch.cuda.max_memory_allocated(self.info.device) / 2**30 if self.info.device.type == "cuda" else 0.0
-        record = {"iter": self.iteration, "mode": "train", "lr": lr, **means, "iter_per_s": its}
+        record = {"iter": self.iteration, "mode": "train", **lrs, **means, "iter_per_s": its}
         if memory:
             record["memory_gib"] = memory
         self._write_log(record)
         losses = " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
-        log.info("iter %d/%d | lr %.4e | loss %.4f (%s) | %.2f it/s | eta %s%s", self.iteration, self.max_iters, lr,
-                 means["loss"], losses, its, eta, f" | mem {memory:.1f} GiB" if memory else "")
+        log.info("iter %d/%d | base_lr %.4e lr %.4e | loss %.4f (%s) | %.2f it/s | eta %s%s", self.iteration,
+                 self.max_iters, lrs["base_lr"], lrs["lr"], means["loss"], losses, its, eta,
+                 f" | mem {memory:.1f} GiB" if memory else "")
 
     def _plot_curves(self) -> None:
         from training.curves import plot_training_log
 
+        if not (self.work_dir / "log.jsonl").is_file():
+            return
         try:
             plot_training_log(self.work_dir / "log.jsonl", self.work_dir / "curves.png")
         except ImportError as exc:

@@ -2,7 +2,7 @@
 
 * ``layer_decay_param_groups`` is MTP's ``LayerDecayOptimizerConstructor_ViT`` (mtp_spec §3.2): one group per
   (layer id, decay or not), each with its own ``lr = lr_scale * base_lr``.
-* ``build_optimizer`` reads an MMSeg ``optim_wrapper`` dict.
+* ``build_optimizer`` reads an MMSeg ``optim_wrapper`` dict (the wrapper itself: ``training.optim_wrapper``).
 * ``build_scheduler`` reads an MMEngine ``param_scheduler`` list (iteration-based) and computes every learning
   rate in closed form from the iteration counter, so a resumed run gets bit-identical rates and 80k steps of
   multiplicative updates cannot drift (mtp_spec §3.3).
@@ -21,6 +21,11 @@ LAYER_DECAY_CONSTRUCTOR = "LayerDecayOptimizerConstructor_ViT"
 _DEFAULT_CONSTRUCTOR = "DefaultOptimWrapperConstructor"
 _OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"AdamW": torch.optim.AdamW, "SGD": torch.optim.SGD}
 _LAYER_ZERO_NAMES = ("backbone.cls_token", "backbone.mask_token", "backbone.pos_embed")
+# optim_wrapper keys of the wrapper itself (training.optim_wrapper), per wrapper type
+WRAPPER_KEYS = {
+    "OptimWrapper": {"type", "accumulative_counts", "clip_grad"},
+    "AmpOptimWrapper": {"type", "accumulative_counts", "clip_grad", "loss_scale", "dtype"},
+}
 
 
 # ----------------------------------------------------------------------------------------------- layer decay
@@ -89,26 +94,24 @@ def _plain_param_group(model: nn.Module) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """The optimizer an MMSeg ``optim_wrapper`` dict describes (``type='OptimWrapper'``: no AMP, no clipping).
+    """The optimizer an MMSeg ``optim_wrapper`` dict describes (its wrapper keys are for ``build_optim_wrapper``).
 
     Supported: ``optimizer.type`` AdamW or SGD (every other key goes to the torch constructor), with no
     constructor, MMEngine's default one without ``paramwise_cfg``, or ``LayerDecayOptimizerConstructor_ViT`` with
     ``paramwise_cfg=dict(num_layers, layer_decay_rate)``. AdamW runs fused when every parameter is on CUDA
     (same maths, one kernel); set ``fused`` in the config to override.
     """
-    cfg = dict(cfg)
-    wrapper_type = cfg.pop("type", "OptimWrapper")
-    if wrapper_type != "OptimWrapper":
-        raise ValueError(f"optim_wrapper type {wrapper_type!r} is not supported; valid: 'OptimWrapper'")
+    wrapper_keys = set().union(*WRAPPER_KEYS.values())
+    cfg = {k: v for k, v in cfg.items() if k not in wrapper_keys}
     if "optimizer" not in cfg:
         raise ValueError("optim_wrapper needs an 'optimizer' dict, e.g. dict(type='AdamW', lr=6e-5)")
     opt_cfg = dict(cfg.pop("optimizer"))
     constructor = cfg.pop("constructor", None)
     paramwise_cfg = cfg.pop("paramwise_cfg", None)
     if cfg:
-        raise ValueError(
-            f"unsupported optim_wrapper keys {sorted(cfg)}; valid: type, optimizer, constructor, paramwise_cfg"
-        )
+        hint = "; MMSeg 0.x's grad_clip is clip_grad here" if "grad_clip" in cfg else ""
+        raise ValueError(f"unsupported optim_wrapper keys {sorted(cfg)}; valid: "
+                         f"{sorted(wrapper_keys | {'optimizer', 'constructor', 'paramwise_cfg'})}{hint}")
 
     opt_type = opt_cfg.pop("type", None)
     if opt_type not in _OPTIMIZERS:
@@ -267,8 +270,9 @@ def _parse_phase(cfg: Mapping[str, Any], max_iters: int) -> _Phase:
 class ParamScheduler:
     """Learning rates of a chain of MMEngine schedulers, set on the optimizer for the current step.
 
-    ``last_step`` is the 0-based optimizer step whose rates are set now: construction sets step 0, and each
-    ``step()`` (call it after ``optimizer.step()``) moves to the next one. Rates are computed from
+    ``last_step`` is the 0-based training iteration whose rates are set now: construction sets step 0, and each
+    ``step()`` (after every iteration, also one that only accumulates gradients, as MMEngine's ParamSchedulerHook)
+    moves to the next one. Rates are computed from
     ``last_step`` and each group's ``initial_lr`` only, so a scheduler restored with ``load_state_dict`` continues
     exactly as an uninterrupted one.
     """
@@ -299,6 +303,10 @@ class ParamScheduler:
             if step < phase.end:
                 break
         return value
+
+    def base_lr(self) -> float:
+        """MMEngine's logged ``base_lr``: the rate now of the optimizer's configured ``lr``, before any layer scale."""
+        return self.lr_at(self.last_step, self.optimizer.defaults["lr"])
 
     def step(self) -> None:
         """Move to the next optimizer step and set its rates."""

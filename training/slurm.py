@@ -1,9 +1,11 @@
 """``mtp-slurm``: ready sbatch scripts, submitted unless --dry-run.
 
 Training (``mtp-slurm CONFIG --nodes N --gpus-per-node G ...``): one task per GPU (``srun`` starts them,
-``--launcher slurm`` wires them up), ``--requeue``, and USR1 three minutes before the time limit: the trainer then
-checkpoints and exits with ``REQUEUE_EXIT_CODE``, on which the script requeues the job, and the requeued job resumes
-from the last checkpoint (``--resume`` is always passed).
+``--launcher slurm`` wires them up), ``--requeue``, and USR1 three minutes before the time limit. On USR1, or the
+SIGTERM of a preemption, the trainer checkpoints, rank 0 leaves a requeue marker in the work dir and the ranks exit
+with ``REQUEUE_EXIT_CODE``; the script requeues the job when it finds the marker (whatever srun's exit status, which
+``--kill-on-bad-exit`` makes unreliable), deleting it first: one requeue per stop. The requeued job resumes from the
+last checkpoint (``--resume`` is always passed).
 
 Batch prediction (``mtp-slurm --predict RASTERS.txt --out DIR --array-size N ...``): an array job of N one-GPU tasks;
 task K runs ``mtp predict`` on every N-th raster (its shard, from ``SLURM_ARRAY_TASK_ID``), rasters already done are
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from mtp_core.io import atomic_path
-from training.loop import REQUEUE_EXIT_CODE
+from training.preemption import REQUEUE_MARKER
 
 SIGNAL_LEAD_S = 180
 
@@ -50,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 def sbatch_script(args: argparse.Namespace, work_dir: Path, python: str, repo: Path) -> str:
     train = [python, "-m", "training.train", str(Path(args.config).resolve()), "--work-dir", str(work_dir.resolve()),
              "--launcher", "slurm", "--resume", *args.train_args]
+    marker = shlex.quote(str(work_dir.resolve() / REQUEUE_MARKER))
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name={args.job_name or Path(args.config).stem}",
@@ -65,13 +68,19 @@ def sbatch_script(args: argparse.Namespace, work_dir: Path, python: str, repo: P
         "#SBATCH --requeue",
         f"#SBATCH --signal=USR1@{SIGNAL_LEAD_S}",
         "",
-        "export MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))",
+        "# the master port is 20000 + SLURM_JOB_ID % 20000 (training.dist); --port overrides it",
+        f"marker={marker}  # written by rank 0 when a stop signal asks for a requeue",
+        'rm -f "$marker"',
+        "# a SIGTERM to this script (preemption) waits for srun: the ranks checkpoint first",
+        "trap 'echo \"batch script: SIGTERM, waiting for the training step to checkpoint\"' TERM",
         f"cd {shlex.quote(str(repo))}",
         "srun --kill-on-bad-exit=1 " + shlex.join(train),
         "rc=$?",
-        f'if [ "$rc" -eq {REQUEUE_EXIT_CODE} ]; then',
-        '  echo "stopped for preemption or the time limit: requeueing job $SLURM_JOB_ID"',
+        'if [ -f "$marker" ]; then',
+        '  echo "$(cat "$marker"): requeueing job $SLURM_JOB_ID (srun exit status $rc)"',
+        '  rm -f "$marker"',
         '  scontrol requeue "$SLURM_JOB_ID"',
+        "  exit $?",
         "fi",
         'exit "$rc"',
         "",

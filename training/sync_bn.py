@@ -8,8 +8,26 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks with autograd: the gradient of every rank's input is the sum of all ranks' output gradients.
+
+    (``torch.distributed.nn.functional.all_reduce`` does the same but warns on every rank that it is deprecated.)
+    """
+
+    @staticmethod
+    def forward(ctx: object, tensor: Tensor) -> Tensor:  # noqa: ARG004
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> Tensor:  # noqa: ARG004
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 class CpuSyncBatchNorm(nn.BatchNorm2d):
@@ -21,7 +39,7 @@ class CpuSyncBatchNorm(nn.BatchNorm2d):
         channels = input.shape[1]
         dims = [d for d in range(input.dim()) if d != 1]
         local = torch.cat([input.sum(dims), (input * input).sum(dims), input.new_tensor([input.numel() / channels])])
-        total = dist_fn.all_reduce(local)
+        total = _AllReduceSum.apply(local)
         count = total[-1]
         mean = total[:channels] / count
         var = total[channels : 2 * channels] / count - mean * mean

@@ -5,9 +5,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from osgeo import gdal
 
 TINY_CONFIG = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny" / "rvsa-tiny-upernet-64.py"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread, as the training subprocesses get (OMP_NUM_THREADS=1): on a few shared cores, OpenMP
+    threads spinning against other processes made in-process training tests ten times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _write_png(array: np.ndarray, path: Path) -> None:

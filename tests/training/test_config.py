@@ -111,3 +111,62 @@ def test_loss_is_mmseg_cross_entropy_over_all_pixels() -> None:
     valid = target != 255
     expected_acc = 100.0 * ((logits.argmax(1) == target) & valid).sum() / valid.sum()
     assert torch.allclose(parts["decode.acc_seg"], expected_acc)
+
+
+def test_an_option_below_a_replaced_dict_says_what_happened() -> None:
+    cfg = merge(DEFAULTS, load_config(MTP[0]))
+    with pytest.raises(ConfigError, match=r"val_dataloader.num_workers=0: val_dataloader is None here \(set by the "
+                                          r"config or an earlier option\), not a dict"):
+        apply_overrides(cfg, ["val_dataloader=None", "val_dataloader.num_workers=0"])
+
+
+@pytest.mark.parametrize(
+    ("option", "where"),
+    [
+        ("lr_config.warmup_iters=1500", "param_scheduler: the 'end' of a LinearLR warm-up"),
+        ("data.samples_per_gpu=2", "train_dataloader.batch_size"),
+        ("runner.max_iters=10", "train_cfg.max_iters"),
+        ("optimizer_config.grad_clip.max_norm=35", "optim_wrapper.clip_grad"),
+        ("checkpoint_config.interval=100", "default_hooks.checkpoint.interval"),
+    ],
+)
+def test_mmseg0_keys_name_their_mmseg1_place(option: str, where: str) -> None:
+    cfg = merge(DEFAULTS, load_config(MTP[0]))
+    with pytest.raises(ConfigError, match=rf"{option.split('=')[0]!r} is an MMSeg 0.x key; MMSeg 1.x configs \(and "
+                                          rf"this project\) use {where}"):
+        apply_overrides(cfg, [option])
+
+
+def test_a_config_file_with_mmseg0_keys_is_refused(tmp_path: Path) -> None:
+    from training.train import build_parser, resolve_config
+
+    (tmp_path / "old.py").write_text(f"_base_ = {str(MTP[0])!r}\nrunner = dict(type='IterBasedRunner', "
+                                     "max_iters=80000)\nlr_config = dict(policy='poly', warmup_iters=1500)\n")
+    with pytest.raises(ConfigError, match="MMSeg 0.x keys.*runner -> train_cfg.*lr_config -> param_scheduler"):
+        resolve_config(build_parser().parse_args([str(tmp_path / "old.py")]))
+
+
+def test_amp_flag_sets_the_wrapper_as_mmseg_train_py(tmp_path: Path) -> None:
+    from training.train import build_parser, resolve_config
+
+    cfg = resolve_config(build_parser().parse_args([str(MTP[0]), "--amp"]))
+    assert cfg["optim_wrapper"]["type"] == "AmpOptimWrapper" and cfg["optim_wrapper"]["loss_scale"] == "dynamic"
+    assert cfg["optim_wrapper"]["optimizer"]["lr"] == 6e-5  # the rest kept
+    (tmp_path / "clip.py").write_text(f"_base_ = {str(MTP[0])!r}\noptim_wrapper = dict(clip_grad=dict(max_norm=35))\n")
+    clipped = resolve_config(build_parser().parse_args([str(tmp_path / "clip.py"), "--amp"]))
+    assert clipped["optim_wrapper"]["clip_grad"] == {"max_norm": 35}
+    with pytest.raises(ConfigError, match="--amp needs optim_wrapper type 'OptimWrapper'"):
+        resolve_config(build_parser().parse_args([str(MTP[0]), "--amp", "--cfg-options",
+                                                  "optim_wrapper.type=ApexOptimWrapper"]))
+
+
+def test_wrapper_settings_configs_leave_out_can_be_set_from_the_command_line() -> None:
+    from training.loop import OPTIONAL_KEYS
+
+    cfg = merge(DEFAULTS, load_config(MTP[0]))
+    cfg["optim_wrapper"]["clip_grad"] = None  # as MMSeg 1.x's schedule files write it
+    out = apply_overrides(cfg, ["optim_wrapper.clip_grad.max_norm=35", "optim_wrapper.dtype=bfloat16",
+                                "optim_wrapper.accumulative_counts=2"], OPTIONAL_KEYS)
+    assert out["optim_wrapper"]["clip_grad"] == {"max_norm": 35} and out["optim_wrapper"]["dtype"] == "bfloat16"
+    with pytest.raises(ConfigError, match="did you mean 'optim_wrapper.dtype'"):
+        apply_overrides(cfg, ["optim_wrapper.dtpye=bfloat16"], OPTIONAL_KEYS)

@@ -444,8 +444,24 @@ def test_sampler_resume_continues_exactly():
     resumed = InfiniteSampler(7, seed=1, rank=1, world_size=2)
     resumed.load_state_dict(state)
     assert list(itertools.islice(resumed, 9)) == full[11:]
-    with pytest.raises(ValueError, match="world_size=2.*same dataset, seed and number of processes"):
-        InfiniteSampler(7, seed=1, world_size=4).load_state_dict(state)
+    with pytest.raises(ValueError, match="seed=1.*same dataset and seed"):
+        InfiniteSampler(7, seed=2, world_size=2).load_state_dict(state)
+
+
+def test_sampler_resume_with_another_world_size_reshards_the_rest_of_the_stream():
+    """2 ranks trained on 11 samples each (global positions 0-21); 3 ranks continue at 22, 23, 24, ..."""
+    state = InfiniteSampler(7, seed=1, rank=0, world_size=2).state_dict(consumed=11)
+    continued = {}
+    for rank in range(3):
+        sampler = InfiniteSampler(7, seed=1, rank=rank, world_size=3)
+        sampler.load_state_dict(state)
+        for index, (seed, position) in itertools.islice(sampler, 5):
+            continued[position] = index
+    stream = global_stream(7, seed=1, epochs=6)
+    assert sorted(continued) == list(range(22, 37)) and all(stream[p] == i for p, i in continued.items())
+    later = InfiniteSampler(7, seed=1, rank=2, world_size=3)
+    later.load_state_dict(state)
+    assert later.state_dict(consumed=5)["position"] == 22 + 15
 
 
 # ---------------------------------------------------------------------------------------------------- preprocessor

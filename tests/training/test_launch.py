@@ -1,13 +1,14 @@
 """Slurm/torchrun environment parsing and the sbatch script of mtp-slurm."""
 from __future__ import annotations
 
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from training.dist import LaunchError, _slurm_env, first_host
-from training.loop import REQUEUE_EXIT_CODE
+from training.dist import LaunchError, _slurm_env, cuda_device_index, first_host, rendezvous
 from training.slurm import main as slurm_main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
@@ -32,7 +33,7 @@ def test_first_host_of_a_slurm_nodelist(nodelist: str, host: str) -> None:
 
 def test_slurm_variables_become_torch_distributed_ones(monkeypatch) -> None:
     for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_STEP_NODELIST",
-                "SLURM_JOB_NODELIST"):
+                "SLURM_JOB_NODELIST", "SLURM_JOB_ID"):
         monkeypatch.setenv(key, "")  # so monkeypatch restores what _slurm_env writes
         monkeypatch.delenv(key)
     monkeypatch.setenv("SLURM_PROCID", "5")
@@ -44,6 +45,38 @@ def test_slurm_variables_become_torch_distributed_ones(monkeypatch) -> None:
 
     assert os.environ["MASTER_ADDR"] == "gpu12" and os.environ["MASTER_PORT"] == "29500"
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == ("5", "8", "1")
+    monkeypatch.delenv("MASTER_PORT")
+    monkeypatch.setenv("SLURM_JOB_ID", "1234567")  # a raw srun in a job: the port follows the job id
+    _slurm_env(None)
+    assert os.environ["MASTER_PORT"] == str(20000 + 1234567 % 20000)
+    assert _slurm_env(31000) and os.environ["MASTER_PORT"] == "31000"  # --port wins
+
+
+def test_each_task_finds_its_gpu_also_when_slurm_binds_one_per_task() -> None:
+    assert [cuda_device_index(local, 8) for local in (0, 3, 7)] == [0, 3, 7]  # every task sees the node's GPUs
+    assert cuda_device_index(5, 1) == 0  # --gpus-per-task=1: CUDA_VISIBLE_DEVICES holds this task's GPU only
+    with pytest.raises(LaunchError, match="local rank 5 has no GPU: this task sees 4"):
+        cuda_device_index(5, 4)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_busy_port_and_ranks_that_never_start_are_named() -> None:
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        with pytest.raises(LaunchError, match=rf"port {busy.getsockname()[1]} on 127.0.0.1 is already in use .*--port"):
+            rendezvous(0, 2, "127.0.0.1", busy.getsockname()[1], start_timeout_s=2)
+    start = time.monotonic()
+    with pytest.raises(LaunchError, match=r"rank\(s\) \[1, 2\] of 3 never started within 1 s.*--start-timeout"):
+        rendezvous(0, 3, "127.0.0.1", _free_port(), start_timeout_s=1)
+    assert time.monotonic() - start < 10
+    with pytest.raises(LaunchError, match=r"rank 1 could not reach rank 0 at 127.0.0.1:\d+ within 1 s"):
+        rendezvous(1, 2, "127.0.0.1", _free_port(), start_timeout_s=1)
 
 
 def test_missing_slurm_variables_are_explained(monkeypatch) -> None:
@@ -59,8 +92,8 @@ def test_sbatch_script_runs_one_task_per_gpu_and_requeues(tmp_path: Path, capsys
     assert rc == 0
     script = (work / "slurm_train.sh").read_text()
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gres=gpu:4", "#SBATCH --requeue",
-                 "#SBATCH --signal=USR1@180", "#SBATCH --time=24:00:00", f'if [ "$rc" -eq {REQUEUE_EXIT_CODE} ]',
-                 'scontrol requeue "$SLURM_JOB_ID"'):
+                 "#SBATCH --signal=USR1@180", "#SBATCH --time=24:00:00", 'if [ -f "$marker" ]; then',
+                 'scontrol requeue "$SLURM_JOB_ID"', f"marker={work.resolve()}/requeue_request"):
         assert line in script
     assert "--launcher slurm --resume --amp" in script and str(CONFIG) in script
     assert subprocess.run(["bash", "-n", str(work / "slurm_train.sh")]).returncode == 0  # valid bash

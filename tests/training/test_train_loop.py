@@ -9,13 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from mtp_core.checkpoint import load_model, safe_load
 from tests.training.conftest import TINY_CONFIG
 from training.config import apply_overrides, load_config, merge
 from training.dist import DistInfo
-from training.loop import DEFAULTS, REQUEUE_EXIT_CODE, Trainer
+from training.loop import DEFAULTS, OPTIONAL_KEYS, REQUEUE_EXIT_CODE, Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 def tiny_cfg(data_root: Path, *options: str) -> dict:
     cfg = merge(DEFAULTS, load_config(TINY_CONFIG))
     roots = [f"{k}.dataset.data_root={data_root}" for k in ("train_dataloader", "val_dataloader", "test_dataloader")]
-    return apply_overrides(cfg, [*roots, *options])
+    return apply_overrides(cfg, [*roots, *options], OPTIONAL_KEYS)
 
 
 def state(trainer: Trainer) -> dict[str, torch.Tensor]:
@@ -44,7 +45,7 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tiny_dataset: Path, tm
     def step_then_signal(batches):
         parts = step(batches)
         if first.iteration == 4:  # the 5th step: a signal arrives during it
-            first._stop_signal = signal.SIGUSR1
+            first.stop.signum = signal.SIGUSR1
         return parts
 
     monkeypatch.setattr(first, "train_step", step_then_signal)
@@ -153,26 +154,42 @@ def test_a_real_sigusr1_checkpoints_and_exits_with_the_requeue_code(tiny_dataset
             break
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == REQUEUE_EXIT_CODE, rest
-    assert "stopped by signal" in rest
+    assert "stopped by SIGUSR1" in rest
     pointer = Path((tmp_path / "last_checkpoint").read_text())
     assert pointer.exists() and int(pointer.stem.split("_")[1]) >= 4
+    assert (tmp_path / "curves.png").stat().st_size > 1000  # also at a stop
+    text_log = next(tmp_path.glob("*.log")).read_text()  # the console log, in the work dir
+    assert "iter 4/100000 | base_lr" in text_log and "stopped by SIGUSR1" in text_log
+    assert not (tmp_path / "requeue_request").exists()  # not a Slurm job: nothing to requeue
 
 
-def test_test_command_reports_metrics_and_writes_maps(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_test_command_reports_metrics_and_writes_maps(tiny_dataset: Path, tmp_path: Path, capsys, caplog) -> None:
+    from osgeo import gdal
+
+    from training.test import main as test_main
+
     trainer = Trainer(tiny_cfg(tiny_dataset, "train_cfg.max_iters=2", "default_hooks.checkpoint.interval=2"),
                       tmp_path / "train", DistInfo())
     (tmp_path / "train").mkdir()
     trainer.run()
-    from training.test import main as test_main
-
-    show = tmp_path / "show"
-    rc = test_main([str(TINY_CONFIG), str(tmp_path / "train" / "iter_2.pth"), "--work-dir", str(tmp_path / "test"),
-                    "--show-dir", str(show), "--cfg-options", f"test_dataloader.dataset.data_root={tiny_dataset}"])
-    assert rc == 0
+    capsys.readouterr()
+    show, out = tmp_path / "show", tmp_path / "out"
+    command = [str(TINY_CONFIG), str(tmp_path / "train" / "iter_2.pth"), "--cfg-options",
+               f"test_dataloader.dataset.data_root={tiny_dataset}"]
+    assert test_main([*command, "--work-dir", str(tmp_path / "test"), "--show-dir", str(show), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
     results = json.loads(next((tmp_path / "test").glob("results_*.json")).read_text())
     assert {"aAcc", "mIoU", "mAcc", "mDice", "mFscore", "building_f1", "building_tp"} <= set(results)
-    assert results["images"] == 2
+    assert results["images"] == 2 and f"building F1 {results['building_f1']:.2f} (precision" in printed
     assert sorted(p.name for p in show.iterdir()) == ["val_0_overlay.png", "val_1_overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["val_0.png", "val_1.png"]  # MMSeg 1.x's --out: raw class ids
+    raw = gdal.Open(str(out / "val_0.png"))
+    assert (raw.RasterCount, raw.RasterYSize, raw.RasterXSize) == (1, 96, 80) and raw.ReadAsArray().max() <= 1
+
+    with caplog.at_level("INFO", logger="mtp.test"):
+        assert test_main([*command, "--work-dir", str(tmp_path / "tta"), "--tta"]) == 0
+    assert "TTA: 12 views (no tta_pipeline in the config: MMSeg's ratios" in caplog.text
+    assert json.loads(next((tmp_path / "tta").glob("results_*.json")).read_text())["images"] == 2
 
 
 def test_bad_command_lines_are_explained(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
@@ -208,3 +225,99 @@ def test_test_command_on_georeferenced_spacenet_chips_writes_mask_geotiffs(tiny_
     assert (mask.epsg, mask.geotransform, mask.width, mask.height) == (4326, source.geotransform, source.width,
                                                                        source.height)
     assert len(list(show.glob("*_overlay.png"))) == 10
+
+
+def test_bf16_amp_trains_and_a_crashed_run_resumes_bit_for_bit(tiny_dataset: Path, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    amp = ("optim_wrapper.type=AmpOptimWrapper", "optim_wrapper.dtype=bfloat16", "val_dataloader=None",
+           "train_cfg.max_iters=6", "default_hooks.checkpoint.interval=3", "default_hooks.logger.interval=1",
+           "optim_wrapper.clip_grad={'max_norm': 1.0}")
+    full = Trainer(tiny_cfg(tiny_dataset, *amp), tmp_path / "full", DistInfo())
+    (tmp_path / "full").mkdir()
+    assert full.optim_wrapper.cast_dtype == torch.bfloat16 and full.run() == 0
+    reference = state(full)
+    records = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert all(0 < r["grad_norm"] and r["loss"] == r["loss"] for r in records)  # clipped norms, finite losses
+    assert [r["lr"] / r["base_lr"] for r in records[1:2]] == pytest.approx([0.9**5])  # layer 0's scale (4 + 2 ids)
+
+    work = tmp_path / "crashed"
+    work.mkdir()
+    first = Trainer(tiny_cfg(tiny_dataset, *amp), work, DistInfo())
+    step = first.train_step
+
+    def crash_in_step_5(batches):
+        if first.iteration == 4:
+            raise RuntimeError("node failure")
+        return step(batches)
+
+    monkeypatch.setattr(first, "train_step", crash_in_step_5)
+    with pytest.raises(RuntimeError, match="node failure"):
+        first.run()
+    assert [json.loads(line)["iter"] for line in (work / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    resumed = Trainer(tiny_cfg(tiny_dataset, *amp), work, DistInfo())
+    assert resumed.run(resume=True) == 0
+    for key, value in state(resumed).items():
+        assert torch.equal(value, reference[key]), key
+    logged = [json.loads(line)["iter"] for line in (work / "log.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5, 6]  # iteration 4, re-run after the checkpoint at 3, is logged once
+
+
+def test_resume_true_with_load_from_resumes_as_mmengine(tiny_dataset: Path, tmp_path: Path) -> None:
+    from training.train import main as train_main
+
+    short = ("val_dataloader=None", "train_cfg.max_iters=3", "default_hooks.checkpoint.interval=2",
+             "default_hooks.logger.interval=1")
+    first = Trainer(tiny_cfg(tiny_dataset, *short), tmp_path / "first", DistInfo())
+    (tmp_path / "first").mkdir()
+    first.run()
+    assert first.resume_source(None) is None
+    first.cfg["resume"] = True  # resume=True without load_from: the work dir's last checkpoint
+    assert first.resume_source(None) == (tmp_path / "first" / "iter_3.pth").resolve()
+    other = tmp_path / "other"
+    options = [f"train_dataloader.dataset.data_root={tiny_dataset}", *short, "resume=True",
+               f"load_from={tmp_path / 'first' / 'iter_2.pth'}"]
+    assert train_main([str(TINY_CONFIG), "--work-dir", str(other), "--cfg-options", *options]) == 0
+    assert [json.loads(line)["iter"] for line in (other / "log.jsonl").read_text().splitlines()] == [3]
+    expected = safe_load(tmp_path / "first" / "iter_3.pth")["state_dict"]
+    for key, value in safe_load(other / "iter_3.pth")["state_dict"].items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_wrong_val_data_and_batch_one_with_batch_norm_fail_at_start(tiny_dataset: Path, tmp_path: Path,
+                                                                      capsys) -> None:
+    from training.train import main as train_main
+
+    base = [str(TINY_CONFIG), "--work-dir", str(tmp_path), "--cfg-options",
+            f"train_dataloader.dataset.data_root={tiny_dataset}"]
+    assert train_main([*base, f"val_dataloader.dataset.data_root={tmp_path / 'nowhere'}"]) == 2
+    assert f"data_root not found: {tmp_path / 'nowhere'}" in capsys.readouterr().err
+    assert train_main([*base, f"val_dataloader.dataset.data_root={tiny_dataset}",
+                       "train_dataloader.batch_size=1"]) == 2
+    assert "batch_size=1 with BatchNorm" in capsys.readouterr().err
+    assert not list(tmp_path.glob("iter_*.pth"))
+
+
+def test_resuming_with_another_number_of_processes_is_deterministic(tiny_dataset: Path, tmp_path: Path,
+                                                                     caplog) -> None:
+    """A 2-process checkpoint (made here by re-labelling a 1-process one) continued by 1 process, twice."""
+    short = ("val_dataloader=None", "train_cfg.max_iters=4", "default_hooks.checkpoint.interval=2")
+    first = Trainer(tiny_cfg(tiny_dataset, *short), tmp_path, DistInfo())
+    first.run()
+    ckpt = safe_load(tmp_path / "iter_2.pth")
+    ckpt["rng"]["ranks"] *= 2
+    ckpt["sampler"]["world_size"] = 2
+    ckpt["sampler"]["position"] *= 2
+    from mtp_core.checkpoint import atomic_torch_save
+
+    atomic_torch_save(ckpt, tmp_path / "two.pth")
+    results = []
+    for run in ("a", "b"):
+        trainer = Trainer(tiny_cfg(tiny_dataset, *short), tmp_path / run, DistInfo())
+        (tmp_path / run).mkdir()
+        with caplog.at_level("WARNING", logger="mtp.train"):
+            assert trainer.run(resume=str(tmp_path / "two.pth")) == 0
+        assert trainer.sampler.first_position == 8  # 2 ranks x 2 iterations x batch 2: no sample seen twice
+        results.append(state(trainer))
+    assert "written by 2 process(es), this run has 1" in caplog.text and "effective batch 4 -> 2" in caplog.text
+    for key, value in results[0].items():
+        assert torch.equal(value, results[1][key]), key

@@ -4,7 +4,10 @@ The global stream is the concatenation of per-epoch orders (``torch.randperm`` s
 ``0..n-1`` without shuffle); rank ``r`` of ``W`` takes stream positions ``r, r + W, r + 2W, ...``. Every item is
 ``(index, seed_key)`` with ``seed_key = (seed, position)``: the dataset seeds that sample's augmentation from it.
 So a sample's content depends only on its stream position, never on which DataLoader worker made it, on the
-number of workers, or on whether training was resumed; no ``worker_init_fn`` is needed (nor wanted).
+number of workers, or on whether training was resumed; no ``worker_init_fn`` is needed for seeding.
+
+Resuming continues the global stream where all ranks together left it. With another number of processes the rest
+of the stream is re-sharded over the new ranks: no sample is skipped or repeated, each keeps its augmentation.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ class InfiniteSampler(Sampler[SampleKey]):
 
     ``start`` (and :meth:`state_dict`'s ``consumed``) counts samples this rank already *trained on*, which the
     training loop knows (iterations x batch size). The sampler cannot count them itself: DataLoader workers prefetch
-    ahead of training, so what it has yielded is more than what was used.
+    ahead of training, so what it has yielded is more than what was used. ``first_position`` is the global stream
+    position this sampler's ranks start at (``start * world_size`` unless a state was loaded).
     """
 
     def __init__(self, dataset_size: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
@@ -39,7 +43,7 @@ class InfiniteSampler(Sampler[SampleKey]):
         self.seed = int(seed)
         self.rank = int(rank)
         self.world_size = int(world_size)
-        self.start = int(start)
+        self.first_position = int(start) * self.world_size
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """Dataset indices in the order of ``epoch`` (the same on every rank)."""
@@ -48,7 +52,7 @@ class InfiniteSampler(Sampler[SampleKey]):
         return torch.randperm(self.dataset_size, generator=torch.Generator().manual_seed(self.seed + epoch))
 
     def __iter__(self) -> Iterator[SampleKey]:
-        position = self.rank + self.start * self.world_size
+        position = self.first_position + self.rank
         epoch: Optional[int] = None
         order = torch.empty(0, dtype=torch.long)
         while True:
@@ -59,18 +63,18 @@ class InfiniteSampler(Sampler[SampleKey]):
             position += self.world_size
 
     def state_dict(self, consumed: int) -> dict[str, Any]:
-        """What resuming needs; ``consumed`` = samples this rank trained on so far (iterations x batch size)."""
+        """What resuming needs; ``consumed`` = samples this rank trained on since ``first_position``."""
         if consumed < 0:
             raise ValueError(f"consumed must be >= 0, got {consumed}")
         return {"dataset_size": self.dataset_size, "shuffle": self.shuffle, "seed": self.seed,
-                "world_size": self.world_size, "consumed": int(consumed)}
+                "world_size": self.world_size, "position": self.first_position + int(consumed) * self.world_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue after ``state['consumed']`` samples; the stream itself must be the one that was saved."""
-        for key in ("dataset_size", "shuffle", "seed", "world_size"):
+        """Continue the saved global stream at ``state['position']``, re-sharded if the world size differs."""
+        for key in ("dataset_size", "shuffle", "seed"):
             if state[key] != getattr(self, key):
                 raise ValueError(
                     f"cannot resume the sample stream: the checkpoint has {key}={state[key]!r}, this run "
-                    f"{getattr(self, key)!r}. Resume with the same dataset, seed and number of processes, or start a "
-                    f"new run from the weights with load_from=...")
-        self.start = int(state["consumed"])
+                    f"{getattr(self, key)!r}. Resume with the same dataset and seed, or start a new run from the "
+                    f"weights with load_from=...")
+        self.first_position = int(state["position"])
