@@ -18,6 +18,7 @@ from mtp_core.errors import GeoError
 from mtp_core.inference import CLASS_NODATA, GeoTiffSink, Predictor, RasterSource, RunStats
 from mtp_core.io import BandScaler, GeoTiffWriter, RasterInfo, describe_raster, plan_read, warp_to_grid
 from mtp_core.io.gdal_errors import raises_gdal_errors
+from mtp_core.models.card import ModelCard
 from mtp_core.progress import CancelCallback, Progress, ProgressCallback
 from mtp_core.vectorize import vectorize_raster_to_file
 
@@ -65,20 +66,22 @@ def predict_raster(
     bands: Sequence[int] | None = None,
     pixel_crs: bool = False,
     nodata: float | None = None,
+    scaler: BandScaler | None = None,
     progress: ProgressCallback = None,
     cancel: CancelCallback = None,
 ) -> RasterPrediction:
     """Class raster (uint8, nodata 255) and optional probabilities on the raster's own grid, written atomically.
 
     ``nodata``: a band value to treat as nodata, for rasters that do not declare one (e.g. the black fill around
-    imagery): those pixels are not segmented and stay nodata in the outputs."""
+    imagery): those pixels are not segmented and stay nodata in the outputs. ``scaler``: the band scaling of the
+    whole job (a batch's rasters scaled alike); default: the model card's band ranges, else fitted on this raster."""
     mask_path, prob_path = Path(mask_path), Path(prob_path) if prob_path else None
     label = describe_raster(raster, allow_pixel_crs=pixel_crs).label  # a missing or unreadable raster: said first
     with tempfile.TemporaryDirectory(dir=mask_path.parent, prefix=".mtp-") as tmp:
         if nodata is not None:
             raster = with_nodata(raster, nodata, Path(tmp) / "nodata.vrt")
         return _predict_raster(predictor, raster, label, mask_path, prob_path, Path(tmp), bands=bands,
-                               pixel_crs=pixel_crs, progress=progress, cancel=cancel)
+                               pixel_crs=pixel_crs, scaler=scaler, progress=progress, cancel=cancel)
 
 
 def with_nodata(raster: str | Path, nodata: float, vrt: Path) -> Path:
@@ -91,14 +94,15 @@ def with_nodata(raster: str | Path, nodata: float, vrt: Path) -> Path:
 
 
 def _predict_raster(predictor: Predictor, raster: str | Path, label: str, mask_path: Path, prob_path: Path | None,
-                    tmp: Path, *, bands: Sequence[int] | None, pixel_crs: bool, progress: ProgressCallback,
-                    cancel: CancelCallback) -> RasterPrediction:
+                    tmp: Path, *, bands: Sequence[int] | None, pixel_crs: bool, scaler: BandScaler | None,
+                    progress: ProgressCallback, cancel: CancelCallback) -> RasterPrediction:
     card = predictor.card
     info = describe_raster(raster, allow_pixel_crs=pixel_crs, label=label)
     chosen = check_bands(info, bands or card.bands, len(card.mean))
     plan = plan_read(info, None if not info.has_georeference else card.gsd_m)
-    scaler = (BandScaler.fixed(card.band_ranges) if card.band_ranges
-              else BandScaler.fit(plan.dataset, chosen, info.nodata))
+    if scaler is None:
+        scaler = (BandScaler.fixed(card.band_ranges) if card.band_ranges
+                  else BandScaler.fit(plan.dataset, chosen, info.nodata))
     source = RasterSource(plan, chosen, scaler)
     if not info.has_georeference:
         km2_per_pixel = 0.0
@@ -120,6 +124,19 @@ def _predict_raster(predictor: Predictor, raster: str | Path, label: str, mask_p
         if prob_path and grid_prob:
             warp_to_grid(grid_prob, prob_path, like=info, resampling="bilinear")
     return RasterPrediction(mask_path, prob_path, info, plan.warped, stats, km2_per_pixel * plan.width * plan.height)
+
+
+def job_scaler(card: ModelCard, rasters: Sequence[str | Path], bands: Sequence[int] | None,
+               nodata: float | None) -> BandScaler | None:
+    """The band scaling of a job: the model card's ranges (those of its training data), else one stretch fitted over
+    all the job's rasters, so neighbouring rasters and the shards of a batch are scaled alike; None when no raster
+    can be sampled (each is then fitted on its own, and its own problem reported when it is predicted)."""
+    if card.band_ranges:
+        return BandScaler.fixed(card.band_ranges)
+    try:
+        return BandScaler.fit_files(rasters, bands or card.bands, nodata)
+    except GeoError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,7 @@ def extract_buildings(
     vector_ext: str = ".gpkg",
     source: str | None = None,
     nodata: float | None = None,
+    scaler: BandScaler | None = None,
     progress: ProgressCallback = None,
     cancel: CancelCallback = None,
 ) -> JobResult:
@@ -174,7 +192,7 @@ def extract_buildings(
         # probabilities give each polygon its score; kept only when asked for
         probs = prob_path if probabilities else Path(tmp) / "prob.tif"
         prediction = predict_raster(predictor, raster, mask_path, probs, bands=bands, pixel_crs=pixel_crs,
-                                    nodata=nodata, progress=progress, cancel=cancel)
+                                    nodata=nodata, scaler=scaler, progress=progress, cancel=cancel)
         try:
             counts = vectorize_raster_to_file(
                 mask_path, vector_path, prob_raster_path=str(probs), min_area_m2=min_area_m2, simplify_m=simplify_m,

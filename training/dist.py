@@ -185,7 +185,8 @@ def all_reduce_sum_(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 
 def per_tensor_allreduce(_state, bucket):  # type: ignore[no-untyped-def]  # DDP checks real annotations, not strings
-    """DDP comm hook (``dist.GradBucket`` -> ``Future[Tensor]``): DDP's mean of gradients, each parameter's gradient reduced on its own.
+    """DDP comm hook (``dist.GradBucket`` -> ``Future[Tensor]``): DDP's mean of gradients, each parameter's gradient
+    reduced on its own.
 
     A collective sums an element in an order that depends on its offset in the reduced buffer, and DDP rebuilds its
     gradient buckets after its first iteration: a resumed run (whose first iteration is a later one) would reduce

@@ -83,7 +83,12 @@ class Trainer:
         self.train_set = build_dataset(loader_cfg["dataset"])
         self.val_set = build_dataset(cfg["val_dataloader"]["dataset"]) if self._validates() else None  # fail now
         self.classes = tuple(getattr(self.train_set, "classes", ("background", "building")))
-        self.card: ModelCard = model_card(self.spec, pre_cfg, self.classes, cfg.get("model_card"))
+        ranges = self.train_set.band_ranges  # validation, the card and so every later prediction scale alike
+        if self.val_set is not None and "band_ranges" not in cfg["val_dataloader"]["dataset"]:
+            self.val_set.use_band_ranges(ranges)
+        card_overrides = {"band_ranges": ranges} if ranges else {}
+        self.card: ModelCard = model_card(self.spec, pre_cfg, self.classes,
+                                          {**card_overrides, **(cfg.get("model_card") or {})})
         self.max_iters = int(cfg["train_cfg"]["max_iters"])
         self.batch_size = int(loader_cfg.get("batch_size", 1))
         self._check_batch_norm_batch()

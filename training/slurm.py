@@ -9,7 +9,9 @@ last checkpoint (``--resume`` is always passed).
 
 Batch prediction (``mtp-slurm --predict RASTERS.txt --out DIR --array-size N ...``): an array job of N one-GPU tasks;
 task K runs ``mtp predict`` on every N-th raster (its shard, from ``SLURM_ARRAY_TASK_ID``), rasters already done are
-skipped, so a requeued or resubmitted array finishes the rest; ``mtp merge`` then joins the per-raster layers.
+skipped, so a requeued or resubmitted array finishes the rest; a raster that fails is reported and the task goes on.
+A second job, run after the array whatever its tasks' states (``afterany``), joins the per-raster layers with
+``mtp merge`` and gathers the shards' failures into ``failures.csv``.
 """
 from __future__ import annotations
 
@@ -91,8 +93,6 @@ def sbatch_script(args: argparse.Namespace, work_dir: Path, python: str, repo: P
 def predict_array_script(args: argparse.Namespace, out: Path, python: str, repo: Path) -> str:
     rasters = Path(args.predict).resolve()
     predict = [python, "-m", "mtp_core.cli", "predict", f"@{rasters}", "--out", str(out.resolve()), *args.train_args]
-    merge = [python, "-m", "mtp_core.cli", "merge", f"{out.resolve()}/*_buildings.gpkg", "--out",
-             str(out.resolve() / "buildings_merged.gpkg")]
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name={args.job_name or 'mtp-predict'}",
@@ -107,10 +107,50 @@ def predict_array_script(args: argparse.Namespace, out: Path, python: str, repo:
         "#SBATCH --requeue",
         "",
         f"cd {shlex.quote(str(repo))}",
-        "# mtp predict reads its shard from SLURM_ARRAY_TASK_ID/COUNT; rasters already done are skipped",
+        "# mtp predict reads its shard from SLURM_ARRAY_TASK_ID/COUNT; rasters already done are skipped; a raster that",
+        "# fails is listed in failures_shardK-of-N.csv and the task exits 1 (the others go on)",
         shlex.join(predict),
-        "# when every task is done: sbatch --dependency=afterok:$SLURM_ARRAY_JOB_ID --wrap \"<the line below>\"",
-        "# " + " ".join(merge),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def merge_script(args: argparse.Namespace, out: Path, python: str, repo: Path) -> str:
+    """The step after the array (``--dependency=afterany``): joins the building layers, gathers every shard's
+    failures into ``failures.csv`` and exits 1 when any raster failed, so the job's state says so."""
+    out = out.resolve()
+    merge = [python, "-m", "mtp_core.cli", "merge", "--out", str(out / "buildings_merged.gpkg")]
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name={args.job_name or 'mtp-predict'}-merge",
+        f"#SBATCH --partition={args.partition}",
+        *([f"#SBATCH --account={args.account}"] if args.account else []),
+        "#SBATCH --ntasks=1",
+        f"#SBATCH --cpus-per-task={min(args.cpus_per_task, 4)}",
+        f"#SBATCH --time={args.time}",
+        f"#SBATCH --output={out}/slurm-%j-merge.out",
+        "",
+        f"cd {shlex.quote(str(repo))}",
+        f"out={shlex.quote(str(out))}",
+        "shopt -s nullglob",
+        'layers=("$out"/*_buildings.gpkg)',
+        'status=0',
+        'if [ ${#layers[@]} -gt 0 ]; then',
+        f'  {shlex.join(merge)} "${{layers[@]}}" || status=$?',
+        'else',
+        '  echo "no building layers in $out"',
+        'fi',
+        'shards=("$out"/failures_shard*.csv)',
+        'rm -f "$out/failures.csv"',
+        'if [ ${#shards[@]} -gt 0 ]; then',
+        '  awk "FNR > 1 || NR == 1" "${shards[@]}" > "$out/failures.csv"',
+        '  failed=$(($(wc -l < "$out/failures.csv") - 1))',
+        '  if [ "$failed" -gt 0 ]; then',
+        '    echo "$failed raster(s) failed; see $out/failures.csv"',
+        '    [ "$status" -ne 0 ] || status=1',
+        '  fi',
+        'fi',
+        'exit "$status"',
         "",
     ]
     return "\n".join(lines)
@@ -141,22 +181,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     repo = Path.cwd().resolve()
     if args.predict:
         folder = Path(args.out)
-        script, text = folder / "slurm_predict.sh", predict_array_script(args, folder, sys.executable, repo)
+        scripts = {folder / "slurm_predict.sh": predict_array_script(args, folder, sys.executable, repo),
+                   folder / "slurm_merge.sh": merge_script(args, folder, sys.executable, repo)}
     else:
         folder = Path(args.work_dir or Path("work_dirs") / Path(args.config).stem)
-        script, text = folder / "slurm_train.sh", sbatch_script(args, folder, sys.executable, repo)
+        scripts = {folder / "slurm_train.sh": sbatch_script(args, folder, sys.executable, repo)}
     folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(script) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    script.chmod(0o755)
+    for script, text in scripts.items():
+        with atomic_path(script) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        script.chmod(0o755)
+    first, *after = scripts
     if args.dry_run:
-        print(script.read_text(encoding="utf-8"))
-        print(f"# written to {script}; submit with: sbatch {script}")
+        for script in scripts:
+            print(script.read_text(encoding="utf-8"))
+        print(f"# written to {', '.join(map(str, scripts))}; submit with: "
+              + (f"job=$(sbatch --parsable {first}) && sbatch --dependency=afterany:$job {after[0]}" if after
+                 else f"sbatch {first}"))
         return 0
     if shutil.which("sbatch") is None:
-        print(f"mtp-slurm: error: sbatch not found on this machine; the script is in {script}", file=sys.stderr)
+        print(f"mtp-slurm: error: sbatch not found on this machine; the scripts are in {folder}", file=sys.stderr)
         return 2
-    result = subprocess.run(["sbatch", str(script)], capture_output=True, text=True)
+    result = subprocess.run(["sbatch", "--parsable", str(first)], capture_output=True, text=True)
+    print(result.stdout.strip() or result.stderr.strip())
+    if result.returncode or not after:
+        return result.returncode
+    job = result.stdout.strip().split(";")[0]
+    result = subprocess.run(["sbatch", f"--dependency=afterany:{job}", str(after[0])], capture_output=True, text=True)
     print(result.stdout.strip() or result.stderr.strip())
     return result.returncode
 

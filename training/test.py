@@ -22,7 +22,7 @@ from osgeo import gdal
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from mtp_core.checkpoint import load_weights
+from mtp_core.checkpoint import load_weights, safe_load
 from mtp_core.inference import CLASS_NODATA
 from mtp_core.io import GeoTiffWriter, atomic_path, describe_raster, write_rgb_png
 from training.builder import build_segmentor
@@ -116,7 +116,8 @@ def metric_notes(metrics: Mapping[str, Any], classes: Sequence[str]) -> list[str
 def run_test(cfg: dict[str, Any], checkpoint: str, info: DistInfo, show_dir: Path | None, amp: bool,
              out_dir: Path | None = None, tta: Sequence[TtaView] = ()) -> dict:
     spec = build_segmentor(cfg["model"])  # the backbone's `pretrained` is not loaded: the checkpoint has it all
-    report = load_weights(spec.model, checkpoint)
+    loaded = safe_load(checkpoint)
+    report = load_weights(spec.model, loaded)
     if info.is_main:
         log.info("%s", report.summary())
     model = spec.model.to(info.device).eval()
@@ -124,6 +125,9 @@ def run_test(cfg: dict[str, Any], checkpoint: str, info: DistInfo, show_dir: Pat
     preprocess = SegDataPreProcessor(mean=pre_cfg.get("mean", (123.675, 116.28, 103.53)),
                                      std=pre_cfg.get("std", (58.395, 57.12, 57.375)))
     dataset = build_dataset(cfg["test_dataloader"]["dataset"])
+    card = (loaded.get("meta") or {}).get("model_card") or {} if isinstance(loaded, dict) else {}
+    if card.get("band_ranges") and "band_ranges" not in cfg["test_dataloader"]["dataset"]:
+        dataset.use_band_ranges(card["band_ranges"])  # the model's training data scaling, not a new fit
     shard = Subset(dataset, list(range(info.rank, len(dataset), info.world_size)))
     loader = DataLoader(shard, batch_size=1, collate_fn=collate,
                         num_workers=int(cfg["test_dataloader"].get("num_workers", 0)))

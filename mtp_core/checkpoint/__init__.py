@@ -7,9 +7,10 @@ full multi-task pretraining model, MMSeg fine-tuned models, MAE pretraining file
 ``RVSA_MTP.init_weights`` does, and a :class:`LoadReport` says what was loaded, resized, dropped and left missing.
 Files are only ever unpickled with ``torch.load(weights_only=True)`` (:mod:`.safe_load`).
 """
+from mtp_core.checkpoint.build import load_model, require_decoder
 from mtp_core.checkpoint.convert import change_ckpt_rename, convert_checkpoint
 from mtp_core.checkpoint.layouts import LAYOUTS, extract_state_dict
-from mtp_core.checkpoint.load import LoadReport, load_model, load_weights, require_decoder
+from mtp_core.checkpoint.load import LoadReport, load_weights
 from mtp_core.checkpoint.resize import resize_pos_embed, resize_rel_pos
 from mtp_core.checkpoint.safe_load import (
     CheckpointError,

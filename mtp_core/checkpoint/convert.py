@@ -7,15 +7,9 @@ from typing import Mapping
 
 from torch import Tensor
 
+from mtp_core.checkpoint.build import file_classes, target_for
 from mtp_core.checkpoint.layouts import LAYOUTS, card_dict, extract_state_dict
-from mtp_core.checkpoint.load import (
-    REUSE_CHOICES,
-    LoadReport,
-    ReuseDecoder,
-    file_classes,
-    load_into,
-    target_for,
-)
+from mtp_core.checkpoint.load import REUSE_CHOICES, LoadReport, ReuseDecoder, load_into
 from mtp_core.checkpoint.safe_load import CheckpointError, PathLike, safe_load
 from mtp_core.checkpoint.save import atomic_torch_save, save_checkpoint
 from mtp_core.models.registry import create_model

@@ -131,7 +131,7 @@ def progress_printer(name: str, stream=sys.stderr) -> Callable[[Progress], None]
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtp_core.pipeline import extract_buildings, parse_bands
+    from mtp_core.pipeline import extract_buildings, job_scaler, parse_bands
     from mtp_core.shard import parse_shard, select_shard
 
     _bound_gdal_cache()
@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     rasters = select_shard(args.rasters, index, count)
     bands = parse_bands(args.bands)
     predictor = load_predictor(args)
+    scaler = job_scaler(predictor.card, args.rasters, bands, args.nodata)  # every raster and shard scaled alike
     print(f"device: {predictor.describe()}")
     print(f"model: {predictor.card.description or predictor.card.architecture} "
           f"({predictor.card.tile} px tiles, overlap {predictor.overlap}, {predictor.card.gsd_m} m/px)")
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             result = extract_buildings(
                 predictor, raster, args.out, bands=bands, probabilities=args.probabilities,
                 min_area_m2=args.min_area, simplify_m=args.simplify, regularize=args.regularize,
-                pixel_crs=args.pixel_crs, nodata=args.nodata, skip_existing=not args.overwrite,
+                pixel_crs=args.pixel_crs, nodata=args.nodata, scaler=scaler, skip_existing=not args.overwrite,
                 vector_ext=f".{args.format}", progress=progress_printer(raster.name),
             )
         except (UserError, OSError) as exc:

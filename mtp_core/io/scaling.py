@@ -1,13 +1,17 @@
-"""Band scaling: raw band values to the 0–255 float range the models' mean/std were computed on.
+"""Band scaling and normalization: raw band values to the 0–255 range the models' mean/std were computed on, then to
+model input. Training and inference both go through here.
 
-Why once per raster: a stretch computed per tile would change brightness from tile to tile and show as seams in the
-predictions. So 8-bit images are fed as they are, and deeper types (uint16, int16, float) get one linear stretch per
-band, fitted before inference from a bounded sample of windows spread over the whole raster (a few million pixels,
-whatever the raster's size) or taken from fixed ranges such as a model card's.
+Why fixed ranges, fitted once for a whole dataset: a stretch computed per tile would change brightness from tile to
+tile (seams), and one computed per image or per raster would scale neighbouring rasters, shards of a batch and the
+training chips differently. So 8-bit images are fed as they are, and deeper types (uint16, int16, float) get one
+linear stretch per band from fixed (low, high) ranges: the model card's (written at training time from the training
+set), else fitted over the rasters of the job (:meth:`BandScaler.fit_files`: a bounded, deterministic sample of
+windows spread over up to 64 of them, whatever their number and size).
 """
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -16,7 +20,7 @@ from osgeo import gdal_array
 
 from mtp_core.errors import GeoError
 from mtp_core.io.gdal_errors import raises_gdal_errors
-from mtp_core.io.raster import Source, read_window
+from mtp_core.io.raster import Source, open_raster, read_window
 
 _SAMPLE_WINDOW = 256
 _MODES = ("identity", "percentile", "fixed")
@@ -87,6 +91,55 @@ class BandScaler:
             low.append(float(lo))
             high.append(float(hi) if hi > lo else float(lo) + 1.0)  # a flat band maps to 0 instead of dividing by 0
         return cls(tuple(low), tuple(high), "percentile", (float(percentiles[0]), float(percentiles[1])))
+
+    @classmethod
+    @raises_gdal_errors
+    def fit_files(cls, paths: Sequence[str | os.PathLike], bands: Sequence[int], nodata: float | None = None,
+                  percentiles: tuple[float, float] = (2.0, 98.0), max_pixels: int = 1 << 22,
+                  max_files: int = 64) -> "BandScaler":
+        """One stretch for a whole dataset or batch: identity when the images are 8-bit, else per-band percentiles
+        of a sample pooled over up to ``max_files`` files evenly spaced in sorted order (the same ranges whichever
+        process computes them, e.g. every shard of a Slurm array). ``nodata`` overrides the files' own value."""
+        ordered = sorted(dict.fromkeys(os.fspath(p) for p in paths))
+        if not ordered:
+            raise GeoError("no raster to fit band ranges on")
+        picked = [ordered[round(i)] for i in np.linspace(0, len(ordered) - 1, min(max_files, len(ordered)))]
+        datasets = [open_raster(path) for path in dict.fromkeys(picked)]
+        short = [ds.GetDescription() for ds in datasets if ds.RasterCount < max(bands)]
+        if short:
+            raise GeoError(f"{short[0]} has fewer than {max(bands)} bands; choose bands that every raster has")
+        types = {gdal_array.GDALTypeCodeToNumericTypeCode(ds.GetRasterBand(b).DataType) for ds in datasets
+                 for b in bands}
+        if types == {np.uint8}:
+            return cls.identity(len(bands))
+        per_file = max(1, max_pixels // len(datasets))
+        pooled: list[list[np.ndarray]] = [[] for _ in bands]
+        for ds in datasets:
+            for i, values in enumerate(_sample(ds, list(bands), per_file)):
+                missing = nodata if nodata is not None else ds.GetRasterBand(bands[i]).GetNoDataValue()
+                if missing is not None:
+                    values = values[~np.isnan(values)] if math.isnan(missing) else values[values != missing]
+                pooled[i].append(values.astype(np.float64))
+        low, high = [], []
+        for i, parts in enumerate(pooled):
+            values = np.concatenate(parts)
+            values = values[np.isfinite(values)]
+            if values.size == 0:
+                raise GeoError(f"band {bands[i]} has no valid pixels in {len(datasets)} sampled raster(s); check its "
+                               "nodata value, or give fixed band ranges")
+            lo, hi = np.percentile(values, percentiles)
+            low.append(float(lo))
+            high.append(float(hi) if hi > lo else float(lo) + 1.0)
+        return cls(tuple(low), tuple(high), "percentile", (float(percentiles[0]), float(percentiles[1])))
+
+    @property
+    def ranges(self) -> tuple[tuple[float, float], ...]:
+        """(low, high) per band, as a model card stores them."""
+        return tuple(zip(self.low, self.high))
+
+    def to_uint8(self, array: np.ndarray) -> np.ndarray:
+        """The scaled values rounded to uint8 (what training pipelines carry)."""
+        return np.rint(self(array)).astype(np.uint8)
 
     def __call__(self, array: np.ndarray) -> np.ndarray:
         """Scales ``(bands, h, w)`` raw values to float32 in [0, 255]."""

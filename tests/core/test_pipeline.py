@@ -17,7 +17,7 @@ from mtp_core.checkpoint import CheckpointError
 from mtp_core.cli import main
 from mtp_core.errors import UserError
 from mtp_core.inference import CLASS_NODATA, Predictor
-from mtp_core.io import GeoError, describe_raster, read_vector, to_metric
+from mtp_core.io import BandScaler, GeoError, describe_raster, read_vector, to_metric
 from mtp_core.models import create_model
 from mtp_core.pipeline import extract_buildings
 from mtp_core.progress import Cancelled
@@ -371,3 +371,36 @@ def test_an_unevenly_spaced_slurm_array_asks_for_shard():
                SLURM_ARRAY_TASK_MAX="9", SLURM_ARRAY_TASK_STEP="1")  # --array=1,4,9
     with pytest.raises(UserError, match="--shard K/3"):
         parse_shard(None, env)
+
+
+def _uint16_copy(tif8: Path, path: Path, gain: int) -> Path:
+    src = gdal.Open(str(tif8))
+    out = gdal.GetDriverByName("GTiff").Create(str(path), src.RasterXSize, src.RasterYSize, 3, gdal.GDT_UInt16)
+    out.SetGeoTransform(src.GetGeoTransform())
+    out.SetProjection(src.GetProjection())
+    for b in range(1, 4):
+        out.GetRasterBand(b).WriteArray(src.GetRasterBand(b).ReadAsArray().astype(np.uint16) * gain)
+    return path
+
+
+def test_a_batch_and_its_shards_scale_every_raster_alike(checkpoint, tmp_path, monkeypatch):
+    """A model without band ranges on 16-bit rasters: one stretch fitted over the whole batch, the same in every
+    shard, so neighbouring rasters are scaled alike (a stretch per raster would make each one look different)."""
+    import mtp_core.pipeline as pipeline
+
+    dark = _uint16_copy(write_scene(render_scene(128, 128, 1), tmp_path / "a8.tif")[0], tmp_path / "a.tif", 4)
+    bright = _uint16_copy(write_scene(render_scene(128, 128, 2), tmp_path / "b8.tif")[0], tmp_path / "b.tif", 16)
+    seen: dict[str, object] = {}
+    real_source = pipeline.RasterSource
+
+    def spy(plan, bands, scaler):
+        seen[Path(plan.info.label).name] = scaler
+        return real_source(plan, bands, scaler)
+
+    monkeypatch.setattr(pipeline, "RasterSource", spy)
+    expected = BandScaler.fit_files([dark, bright], (1, 2, 3))
+    assert expected.mode == "percentile" and expected.high[0] > 255 * 4  # the bright raster is in the fit
+    for shard in ("0/2", "1/2"):
+        assert main(["predict", str(dark), str(bright), "--checkpoint", str(checkpoint), "--out",
+                     str(tmp_path / "out"), "--shard", shard]) == 0
+    assert seen == {"a.tif": expected, "b.tif": expected}

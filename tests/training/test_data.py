@@ -15,6 +15,7 @@ import torch
 from osgeo import gdal, osr
 from torch.utils.data import DataLoader
 
+from mtp_core.io import BandScaler
 from tests.conftest import shared_file
 from training.data import (
     InfiniteSampler,
@@ -173,17 +174,33 @@ def test_nodata_pixels_become_ignore_and_labels_are_reprojected(tmp_path: Path):
     assert np.array_equal(gt, expected)
 
 
-def test_non_uint8_chips_are_stretched_to_uint8(tmp_path: Path):
-    bands = np.stack([np.arange(600, dtype=np.uint16).reshape(20, 30) * (b + 1) for b in range(3)])
-    bands[:, :, 0] = 0
-    path = tmp_path / "ms.tif"
-    write_raster(path, bands, nodata=0)
-    img, mask, _ = read_rgb(str(path))
-    assert img.dtype == np.uint8 and img.shape == (20, 30, 3)
-    assert mask[:, 0].all() and not mask[:, 1:].any() and (img[:, 0] == 0).all()
-    valid = img[:, 1:]
-    assert valid.min() == 0 and valid.max() == 255
-    assert (np.diff(valid[..., 0].ravel().astype(int)) >= 0).all(), "a stretch keeps the order of values"
+def test_non_uint8_chips_are_scaled_by_one_stretch_for_the_whole_dataset(tmp_path: Path):
+    """16-bit chips: one 2-98 % stretch fitted over the dataset (never one per chip), the one inference uses."""
+    (tmp_path / "img").mkdir()
+    for i, gain in enumerate((1, 3)):  # a dark chip and a bright one
+        bands = np.stack([np.arange(600, dtype=np.uint16).reshape(20, 30) * gain * (b + 1) for b in range(3)])
+        bands[:, :, 0] = 0
+        write_raster(tmp_path / "img" / f"c{i}.tif", bands, nodata=0)
+    dataset = build_dataset(dict(type="SpaceNetV1Dataset", data_root=str(tmp_path), pipeline=TEST, img_suffix=".tif",
+                                 data_prefix=dict(img_path="img", seg_map_path=None)))
+    expected = BandScaler.fit_files(sorted((tmp_path / "img").glob("*.tif")), (1, 2, 3), 0)
+    assert dataset.band_ranges == expected.ranges and expected.mode == "percentile"
+    dark, mask, _ = read_rgb(str(tmp_path / "img" / "c0.tif"), scaler=dataset.scaler)
+    bright, _, _ = read_rgb(str(tmp_path / "img" / "c1.tif"), scaler=dataset.scaler)
+    assert dark.dtype == np.uint8 and dark.shape == (20, 30, 3) and mask[:, 0].all() and (dark[:, 0] == 0).all()
+    assert dark[:, 1:].mean() < bright[:, 1:].mean()  # the same stretch keeps the bright chip brighter
+    assert (np.diff(dark[..., 0][:, 1:].ravel().astype(int)) >= 0).all(), "a stretch keeps the order of values"
+    with pytest.raises(ValueError, match="needs the dataset's band ranges"):
+        read_rgb(str(tmp_path / "img" / "c0.tif"))
+    fixed = build_dataset(dict(type="SpaceNetV1Dataset", data_root=str(tmp_path), pipeline=TEST, img_suffix=".tif",
+                               data_prefix=dict(img_path="img", seg_map_path=None),
+                               band_ranges=[[0, 1000], [0, 1000], [0, 1000]]))
+    assert fixed.band_ranges == ((0.0, 1000.0),) * 3
+    eight_bit = tmp_path / "eight"
+    (eight_bit / "img").mkdir(parents=True)
+    write_raster(eight_bit / "img" / "a.png", np.zeros((3, 8, 8), np.uint8), driver="PNG")
+    assert build_dataset(dict(type="SpaceNetV1Dataset", data_root=str(eight_bit), pipeline=TEST,
+                              data_prefix=dict(img_path="img", seg_map_path=None))).band_ranges is None
 
 
 def test_raw_layout_errors_say_what_is_wrong(tmp_path: Path):

@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
+import shapely
 
+from mtp_core.io import read_vector, write_vector
 from training.dist import LaunchError, _slurm_env, cuda_device_index, first_host, rendezvous
 from training.slurm import main as slurm_main
 
@@ -115,9 +117,36 @@ def test_predict_array_script_shards_rasters_across_tasks(tmp_path: Path, capsys
     assert rc == 0
     script = (out / "slurm_predict.sh").read_text()
     for line in ("#SBATCH --array=0-7", "#SBATCH --gres=gpu:1", "#SBATCH --requeue", "--regularize",
-                 f"predict @{rasters.resolve()} --out {out.resolve()}", "merge"):
+                 f"predict @{rasters.resolve()} --out {out.resolve()}"):
         assert line in script
-    assert subprocess.run(["bash", "-n", str(out / "slurm_predict.sh")]).returncode == 0
-    capsys.readouterr()
+    for name in ("slurm_predict.sh", "slurm_merge.sh"):
+        assert subprocess.run(["bash", "-n", str(out / name)]).returncode == 0
+    assert "--dependency=afterany:$job" in capsys.readouterr().out
     assert slurm_main(["--predict", str(tmp_path / "none.txt"), "--partition", "gpu", "--time", "1:00:00"]) == 2
     assert "raster list not found" in capsys.readouterr().err
+
+
+def test_the_merge_step_joins_layers_and_gathers_every_shards_failures(tmp_path: Path, capsys) -> None:
+    """What runs after the array (whatever its tasks' states): one merged layer, one failures.csv, exit 1 if any
+    raster failed; run here with bash, as Slurm would."""
+    rasters = tmp_path / "rasters.txt"
+    rasters.write_text("a.tif\n")
+    out = tmp_path / "out"
+    assert slurm_main(["--predict", str(rasters), "--out", str(out), "--array-size", "2", "--partition", "gpu",
+                       "--time", "1:00:00", "--dry-run"]) == 0
+    for i, x in enumerate((0.0, 10.0)):
+        write_vector(out / f"r{i}_buildings.gpkg", [shapely.box(x, 0.0, x + 10.0, 10.0)],
+                     {"id": [1], "class": [1], "score": [0.9], "area_m2": [100.0], "perimeter_m": [40.0],
+                      "source": [f"r{i}.tif"], "model": ["m"]}, "EPSG:32633")
+    (out / "failures_shard0-of-2.csv").write_text("raster,kind,message\nbad.tif,input,cannot read bad.tif\n")
+    (out / "failures_shard1-of-2.csv").write_text("raster,kind,message\nworse.tif,bug,KeyError: 'x'\n")
+    run = subprocess.run(["bash", str(out / "slurm_merge.sh")], capture_output=True, text=True)
+    assert run.returncode == 1 and "2 raster(s) failed" in run.stdout, run.stdout + run.stderr
+    assert (out / "failures.csv").read_text().splitlines() == [
+        "raster,kind,message", "bad.tif,input,cannot read bad.tif", "worse.tif,bug,KeyError: 'x'"]
+    geoms, attrs, _ = read_vector(out / "buildings_merged.gpkg")
+    assert len(geoms) == 1 and attrs["source"] == ["r0.tif;r1.tif"]  # the building cut by the shard border, whole
+    for path in out.glob("failures_shard*.csv"):
+        path.unlink()
+    assert subprocess.run(["bash", str(out / "slurm_merge.sh")], capture_output=True).returncode == 0
+    assert not (out / "failures.csv").exists()

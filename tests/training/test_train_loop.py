@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from osgeo import gdal
 
 from mtp_core.checkpoint import load_model, safe_load
 from tests.training.conftest import TINY_CONFIG
@@ -321,3 +324,22 @@ def test_resuming_with_another_number_of_processes_is_deterministic(tiny_dataset
     assert "written by 2 process(es), this run has 1" in caplog.text and "effective batch 4 -> 2" in caplog.text
     for key, value in results[0].items():
         assert torch.equal(value, results[1][key]), key
+
+
+def test_16_bit_training_data_gives_the_card_its_band_ranges(tiny_dataset: Path, tmp_path: Path) -> None:
+    """The trained model's card carries the training set's scaling, and validation uses it: inference then scales
+    every raster as the model's training chips were (mtp_core.io.scaling)."""
+    root = tmp_path / "data16"
+    for split in ("train", "val"):
+        shutil.copytree(tiny_dataset / split / "labels", root / split / "labels")
+        (root / split / "images").mkdir(parents=True)
+        for png in sorted((tiny_dataset / split / "images").glob("*.png")):
+            rgb = gdal.Open(str(png)).ReadAsArray().astype(np.uint16) * (40 if split == "train" else 7)
+            mem = gdal.GetDriverByName("MEM").Create("", rgb.shape[2], rgb.shape[1], 3, gdal.GDT_UInt16)
+            for b in range(3):
+                mem.GetRasterBand(b + 1).WriteArray(rgb[b])
+            gdal.GetDriverByName("PNG").CreateCopy(str(root / split / "images" / png.name), mem)  # 16-bit PNG
+    trainer = Trainer(tiny_cfg(root), tmp_path / "work", DistInfo())
+    ranges = trainer.train_set.band_ranges
+    assert ranges is not None and ranges[0][1] > 255  # fitted on the 16-bit training images
+    assert trainer.card.band_ranges == ranges and trainer.val_set.band_ranges == ranges

@@ -13,7 +13,10 @@ import os
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
+from osgeo import gdal
 from torch.utils.data import Dataset
+
+from mtp_core.io import BandScaler, GeoError
 
 from .transforms import IGNORE_INDEX, Compose, Transform, build_from_cfg, build_pipeline
 
@@ -27,12 +30,38 @@ class SegDataset(Dataset):
 
     def __init__(self, samples: Sequence[tuple[str, Optional[str]]], pipeline: PipelineCfg,
                  reduce_zero_label: bool = False, ignore_index: int = IGNORE_INDEX,
-                 nodata: Optional[float] = None) -> None:
+                 nodata: Optional[float] = None,
+                 band_ranges: Optional[Sequence[Sequence[float]]] = None) -> None:
         self.samples = list(samples)
         self.pipeline = build_pipeline(pipeline)
         self.reduce_zero_label = bool(reduce_zero_label)
         self.ignore_index = int(ignore_index)
         self.nodata = nodata
+        self.scaler = self._scaler(band_ranges)
+
+    def _scaler(self, band_ranges: Optional[Sequence[Sequence[float]]]) -> Optional[BandScaler]:
+        """8-bit images need none; deeper ones get ``band_ranges`` or one stretch fitted over the dataset's images
+        (never one per image, so every chip, and later every raster predicted, is scaled alike)."""
+        if band_ranges is not None:
+            return BandScaler.fixed(band_ranges)
+        if not self.samples:
+            return None
+        first = gdal.Open(self.samples[0][0]) if os.path.isfile(self.samples[0][0]) else None
+        bands = (1, 2, 3) if first is None or first.RasterCount >= 3 else (1,)
+        try:
+            scaler = BandScaler.fit_files([img for img, _ in self.samples], bands, self.nodata)
+        except GeoError:
+            return None  # an unreadable image is reported when it is loaded, with its own message
+        return None if scaler.mode == "identity" else scaler
+
+    @property
+    def band_ranges(self) -> Optional[tuple[tuple[float, float], ...]]:
+        """(low, high) per band of the dataset's scaling, for the model card; None for 8-bit images."""
+        return None if self.scaler is None else self.scaler.ranges
+
+    def use_band_ranges(self, ranges: Optional[Sequence[Sequence[float]]]) -> None:
+        """Scale like another dataset (validation like training) or like a trained model (its card)."""
+        self.scaler = BandScaler.fixed(ranges) if ranges else None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -52,7 +81,7 @@ class SegDataset(Dataset):
         img_path, seg_map_path = self.samples[index]
         results = {"img_path": img_path, "seg_map_path": seg_map_path, "sample_idx": index,
                    "reduce_zero_label": self.reduce_zero_label, "num_classes": len(self.classes),
-                   "nodata": self.nodata}
+                   "nodata": self.nodata, "scaler": self.scaler}
         return self.pipeline(results, rng)
 
     def __repr__(self) -> str:
@@ -91,7 +120,8 @@ class SpaceNetV1Dataset(SegDataset):
 
     def __init__(self, data_root: str, pipeline: PipelineCfg, data_prefix: Optional[Mapping[str, Optional[str]]] = None,
                  ann_file: str = "", img_suffix: str = ".png", seg_map_suffix: str = ".png",
-                 reduce_zero_label: bool = False, ignore_index: int = IGNORE_INDEX) -> None:
+                 reduce_zero_label: bool = False, ignore_index: int = IGNORE_INDEX,
+                 band_ranges: Optional[Sequence[Sequence[float]]] = None) -> None:
         prefix = dict(img_path="", seg_map_path="")
         prefix.update(data_prefix or {})
         unknown = set(prefix) - {"img_path", "seg_map_path"}
@@ -125,7 +155,8 @@ class SpaceNetV1Dataset(SegDataset):
                                     f"{missing_img[0]}")
         if missing_seg:
             raise _missing_labels_error(missing_seg, f"looked for <stem>{seg_map_suffix} in {seg_dir}")
-        super().__init__(samples, pipeline, reduce_zero_label=reduce_zero_label, ignore_index=ignore_index)
+        super().__init__(samples, pipeline, reduce_zero_label=reduce_zero_label, ignore_index=ignore_index,
+                         band_ranges=band_ranges)
 
 
 class SpaceNetV1RawDataset(SegDataset):
@@ -137,13 +168,15 @@ class SpaceNetV1RawDataset(SegDataset):
     ``split_file`` lists chips one per line (``AOI_1_RIO_img1``, ``3band_AOI_1_RIO_img1`` or the ``.tif`` name).
     ``nodata`` overrides the images' nodata value: SpaceNet v1 chips at a strip edge are filled with 0 but carry no
     nodata tag, so ``nodata=0`` turns that fill into ignore instead of background.
-    Images are RGB uint8 as stored; a non-uint8 raster gets a per-band 2-98 percentile stretch.
+    Images are RGB uint8 as stored; non-uint8 rasters are scaled by ``band_ranges`` ((low, high) per band), else by one
+    2-98 percentile stretch fitted over the dataset's images (written into the trained model's card).
     """
 
     LABEL_DIRS = ("vectorData/geoJson", "vectordata/geojson", "vectorData/geojson")
 
     def __init__(self, data_root: str, pipeline: PipelineCfg, split_file: Optional[str] = None,
-                 image_dir: str = "3band", label_dir: Optional[str] = None, nodata: Optional[float] = None) -> None:
+                 image_dir: str = "3band", label_dir: Optional[str] = None, nodata: Optional[float] = None,
+                 band_ranges: Optional[Sequence[Sequence[float]]] = None) -> None:
         _existing_dir(data_root, "data_root")
         img_dir = _existing_dir(os.path.join(data_root, image_dir), "image folder")
         if label_dir is None:
@@ -176,7 +209,7 @@ class SpaceNetV1RawDataset(SegDataset):
                 samples.append((chips[chip], os.path.join(lbl_dir, label)))
         if missing:
             raise _missing_labels_error(missing, f"looked for <chip>_Geo.geojson and Geo_<chip>.geojson in {lbl_dir}")
-        super().__init__(samples, pipeline, nodata=nodata)
+        super().__init__(samples, pipeline, nodata=nodata, band_ranges=band_ranges)
 
     @staticmethod
     def _chip_id(name: str) -> str:

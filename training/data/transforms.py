@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from osgeo import gdal, ogr, osr
 
+from mtp_core.io import BandScaler
+
 Results = dict
 """The dict a pipeline passes along (MMSeg's ``results``): ``img`` (H, W, 3) uint8 RGB, ``gt_seg_map`` (H, W)
 uint8, ``img_path``, ``seg_map_path``, ``ori_shape``, ``img_shape``, ``scale_factor``, ``flip``, ..."""
@@ -88,33 +90,13 @@ class Georef:
     wkt: str
 
 
-def _stretch_to_uint8(bands: np.ndarray, valid: Optional[np.ndarray]) -> np.ndarray:
-    """Per-band 2-98 percentile stretch of a non-uint8 raster to 0-255 (nodata pixels excluded, then set to 0).
-
-    16-bit products (SpaceNet's 8-band and pan-sharpened rasters) fill only a small part of 0-65535, so a fixed
-    rescale would leave them nearly black; the models were trained on 8-bit chips, and a robust per-image stretch is
-    the usual way to get comparable contrast.
-    """
-    out = np.zeros(bands.shape, np.uint8)
-    for i, band in enumerate(bands.astype(np.float64)):
-        values = band[valid] if valid is not None else band.ravel()
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            continue
-        lo, hi = np.percentile(values, (2.0, 98.0))
-        if hi > lo:
-            scaled = np.nan_to_num((band - lo) * (255.0 / (hi - lo)), nan=0.0)
-            out[i] = np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
-    if valid is not None:
-        out[:, ~valid] = 0
-    return out
-
-
-def read_rgb(path: str, nodata: Optional[float] = None) -> tuple[np.ndarray, Optional[np.ndarray], Optional[Georef]]:
+def read_rgb(path: str, nodata: Optional[float] = None,
+             scaler: Optional[BandScaler] = None) -> tuple[np.ndarray, Optional[np.ndarray], Optional[Georef]]:
     """Read an image as ``(H, W, 3)`` uint8 RGB with GDAL, plus its nodata mask and georeferencing.
 
     The first three bands are taken in file order (SpaceNet 3-band chips and PNGs are R, G, B); a single band is
-    repeated to three (as cv2's colour read does). Non-uint8 rasters are stretched by :func:`_stretch_to_uint8`.
+    repeated to three (as cv2's colour read does). Non-uint8 rasters are scaled by the dataset's ``scaler`` (one
+    stretch for the whole dataset, the one inference uses: :mod:`mtp_core.io.scaling`), nodata pixels set to 0.
     The nodata mask is True where every band read equals its nodata value (``nodata`` overrides the file's value,
     e.g. 0 for SpaceNet chips whose strip-edge fill is untagged); None when no nodata value applies.
     """
@@ -136,7 +118,15 @@ def read_rgb(path: str, nodata: Optional[float] = None) -> tuple[np.ndarray, Opt
             else:
                 mask &= band == value
     if data.dtype != np.uint8:
-        data = _stretch_to_uint8(data, None if mask is None else ~mask)
+        if scaler is None:
+            raise ValueError(f"{path} is {data.dtype}, not 8-bit: it needs the dataset's band ranges (a dataset "
+                             "fits them over its images, or set band_ranges in its config)")
+        if len(scaler.low) != data.shape[0]:
+            raise ValueError(f"{path} has {data.shape[0]} band(s) to read, the dataset's band ranges "
+                             f"{len(scaler.low)}: give a dataset images with the same number of bands")
+        data = scaler.to_uint8(data)
+        if mask is not None:
+            data[:, mask] = 0
     if data.shape[0] == 1:
         data = np.repeat(data, 3, axis=0)
     img = np.ascontiguousarray(data.transpose(1, 2, 0))
@@ -345,7 +335,7 @@ class LoadImageFromFile(Transform):
     """
 
     def __call__(self, results: Results, rng: Optional[np.random.Generator]) -> Results:
-        img, mask, georef = read_rgb(results["img_path"], results.get("nodata"))
+        img, mask, georef = read_rgb(results["img_path"], results.get("nodata"), results.get("scaler"))
         results.update(img=img, nodata_mask=mask, georef=georef, ori_shape=img.shape[:2], img_shape=img.shape[:2])
         return results
 

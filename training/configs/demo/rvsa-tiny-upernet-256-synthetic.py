@@ -1,5 +1,6 @@
 # The embedded demo model: a small RVSA ViT + UperNet trained from scratch on CPU on synthetic 0.5 m scenes
-# (mtp_tools.synthetic, `mtp synth`). Same structure as MTP's SpaceNetv1 configs, scaled down to train in under 30 minutes on 2 cores.
+# (mtp_tools.synthetic, `mtp synth`). Same structure as MTP's SpaceNetv1 configs, scaled down to train in under
+# 30 minutes on 2 cores.
 # Reproduce (README, "The demo model"):
 #   mtp synth data/synthetic/train --count 48 --size 512 --seed 1000 --layout spacenet --name synthetic
 #   mtp synth data/synthetic/val --count 6 --size 512 --seed 9000 --layout spacenet --name synthetic
