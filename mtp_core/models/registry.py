@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence, Union
 
 from timm.models import register_model as timm_register_model
 from torch import nn
@@ -191,7 +191,7 @@ def mtp_rvsa_upernet(
     return EncoderDecoder(net, head, aux)
 
 
-TaskSpecDatasets = Sequence[DatasetSpec | tuple[str, int]]
+TaskSpecDatasets = Sequence[Union[DatasetSpec, tuple[str, int]]]
 
 
 def _multitask(

@@ -22,6 +22,17 @@ from mtp_core.models.multitask.task import Losses, TaskDecoder
 TASK_ORDER = ("ss", "is", "rd")  # registration order of the original (and so state_dict order)
 TASK_DECODERS: dict[str, type[TaskDecoder]] = {"ss": SemanticSegDecoder, "is": InstanceSegDecoder}
 NOT_YET = {"rd": "the rotated-detection decoder (Oriented R-CNN) is not implemented yet"}
+# Key prefixes of each task's decoder and per-dataset heads in the released files (also of tasks not built here)
+TASK_KEY_PREFIXES = {
+    "ss": ("semsegdecoder.", "semseghead_"),
+    "is": ("inssegdecoder.", "inssegroi"),
+    "rd": ("rotdetdecoder.", "rotdetroi"),
+}
+
+
+def task_of_key(key: str) -> str | None:
+    """The task whose decoder or per-dataset head a framework state_dict key belongs to (None: the encoder)."""
+    return next((task for task, prefixes in TASK_KEY_PREFIXES.items() if key.startswith(prefixes)), None)
 
 
 @dataclass(frozen=True)
