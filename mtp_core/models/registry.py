@@ -233,7 +233,7 @@ def mtp_vit_l_rvsa_multitask(
     return _multitask(pretrained, {**_VIT_L, **_PRETRAIN, "img_size": 448}, datasets, tasks, background, decoder_args, kwargs)
 
 
-_TINY_DECODERS = {"ss": {"channels": 64}, "is": {"fc_out_channels": 128}}
+_TINY_DECODERS = {"ss": {"channels": 64}, "is": {"channels": 32, "fc_out_channels": 128}}
 
 
 @_register("multitask", "tiny RVSA ViT multi-task framework (128 px, narrow decoders) for tests and CPU demos")
@@ -245,7 +245,8 @@ def mtp_vit_tiny_rvsa_multitask(
     decoder_args: dict[str, dict[str, Any]] | None = None,
     **kwargs: Any,
 ) -> MultiTaskModel:
-    """Same structure as the released framework with a tiny encoder, a 64-channel UperNet and 128-wide box FCs."""
+    """Same structure as the released framework with a tiny encoder, a 64-channel UperNet and a 32-channel Mask R-CNN
+    with 128-wide box FCs."""
     if decoder_args is None:
         decoder_args = {t: a for t, a in _TINY_DECODERS.items() if t in tasks}
     encoder = {**_VIT_TINY, **_PRETRAIN, "img_size": 128}

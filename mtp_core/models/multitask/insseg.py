@@ -24,8 +24,9 @@ TEST_NMS_PRE = 1000
 class InstanceSegDecoder(TaskDecoder):
     """``neck``, ``rpn_head``, ``roi_head``: the keys of ``inssegdecoder.*`` (36 tensors).
 
-    ``fix_bbox_target=True`` trains the RoI box regressor on the encoded GT deltas instead of MTP's constant target
-    (see :mod:`.bbox_head`); the default reproduces the original.
+    ``channels`` (FPN, RPN, RoI features and mask head; 256 in MTP) and ``fc_out_channels`` (1024) only shrink for
+    small CPU models. ``fix_bbox_target=True`` trains the RoI box regressor on the encoded GT deltas instead of MTP's
+    constant target (see :mod:`.bbox_head`); the default reproduces the original.
     """
 
     task = "is"
@@ -36,11 +37,17 @@ class InstanceSegDecoder(TaskDecoder):
         "conv_logits": "inssegroimaskhead_conv{k}",
     }
 
-    def __init__(self, in_channels: Sequence[int], fc_out_channels: int = 1024, fix_bbox_target: bool = False):
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        channels: int = 256,
+        fc_out_channels: int = 1024,
+        fix_bbox_target: bool = False,
+    ) -> None:
         super().__init__()
-        self.neck = FPN(in_channels, 256, num_outs=5)
-        self.rpn_head = RPNHead(256, 256)
-        self.roi_head = RoIHead(256, fc_out_channels, fix_bbox_target=fix_bbox_target)
+        self.neck = FPN(in_channels, channels, num_outs=5)
+        self.rpn_head = RPNHead(channels, channels)
+        self.roi_head = RoIHead(channels, fc_out_channels, fix_bbox_target=fix_bbox_target)
 
     def new_head(self, kind: str, num_classes: int, background: bool) -> nn.Module:
         features = self.roi_head.bbox_head.fc_out_channels

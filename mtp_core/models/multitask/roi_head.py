@@ -36,7 +36,7 @@ class RoIHead(nn.Module):
         self.bbox_roi_extractor = SingleRoIExtractor(7)
         self.bbox_head = Shared2FCBBoxHead(in_channels, 7, fc_out_channels)
         self.mask_roi_extractor = SingleRoIExtractor(14)
-        self.mask_head = FCNMaskHead(4, in_channels, 256)
+        self.mask_head = FCNMaskHead(4, in_channels, in_channels)
         self.assigner = MaxIoUAssigner(pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5, match_low_quality=True)
         self.sampler = RandomSampler(num_samples, pos_fraction=0.25, add_gt_as_proposals=True)
         self.mask_size = mask_size
