@@ -223,8 +223,9 @@ def load_into(
     parts = split_parts(state, layout)
     if isinstance(model, MultiTaskModel):
         if reuse_decoder != "none" or reinit_classifier:
-            raise CheckpointError("reuse_decoder and reinit_classifier apply to segmentors: a multi-task model loads its "
-                                  "decoders by name")
+            raise CheckpointError(
+                "reuse_decoder and reinit_classifier apply to segmentors: a multi-task model loads its decoders by name"
+            )
         return _load_multitask(model, state, parts, layout, source)
     target = model.state_dict()
     segmentor = is_segmentor(model)

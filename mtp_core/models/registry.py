@@ -217,7 +217,8 @@ def mtp_vit_b_rvsa_multitask(
     **kwargs: Any,
 ) -> MultiTaskModel:
     """MTP's released ViT-B framework; ``datasets``/``tasks``/``background`` as the original's arguments."""
-    return _multitask(pretrained, {**_VIT_B, **_PRETRAIN, "img_size": 224}, datasets, tasks, background, decoder_args, kwargs)
+    encoder = {**_VIT_B, **_PRETRAIN, "img_size": 224}
+    return _multitask(pretrained, encoder, datasets, tasks, background, decoder_args, kwargs)
 
 
 @_register("multitask", "ViT-L + RVSA multi-task pretraining framework (448 px; SAMRS SOTA/SIOR/FAST heads)")
@@ -230,7 +231,8 @@ def mtp_vit_l_rvsa_multitask(
     **kwargs: Any,
 ) -> MultiTaskModel:
     """MTP's released ViT-L framework; ``datasets``/``tasks``/``background`` as the original's arguments."""
-    return _multitask(pretrained, {**_VIT_L, **_PRETRAIN, "img_size": 448}, datasets, tasks, background, decoder_args, kwargs)
+    encoder = {**_VIT_L, **_PRETRAIN, "img_size": 448}
+    return _multitask(pretrained, encoder, datasets, tasks, background, decoder_args, kwargs)
 
 
 _TINY_DECODERS = {"ss": {"channels": 64}, "is": {"channels": 32, "fc_out_channels": 128}}

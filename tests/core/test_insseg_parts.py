@@ -24,8 +24,10 @@ def test_fpn_equals_torchvisions_under_mmdet_names() -> None:
     torch.manual_seed(0)
     ours = FPN([8, 16, 16, 32], out_channels=16, num_outs=5)
     theirs = FeaturePyramidNetwork([8, 16, 16, 32], 16, extra_blocks=LastLevelMaxPool())
-    renamed = {k.replace("lateral_convs", "inner_blocks").replace("fpn_convs", "layer_blocks").replace(".conv.", ".0."): v
-               for k, v in ours.state_dict().items()}
+    renamed = {
+        k.replace("lateral_convs", "inner_blocks").replace("fpn_convs", "layer_blocks").replace(".conv.", ".0."): v
+        for k, v in ours.state_dict().items()
+    }
     theirs.load_state_dict(renamed)
     feats = [torch.randn(2, c, s, s) for c, s in zip([8, 16, 16, 32], [32, 16, 8, 4])]
     expected = theirs({str(i): f for i, f in enumerate(feats)})

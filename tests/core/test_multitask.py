@@ -162,16 +162,18 @@ def test_the_total_is_mtps_unweighted_sum(train_step: dict[str, Any]) -> None:
                 if "loss" in key:
                     values = value if isinstance(value, list) else [value]
                     expected += sum(v.detach().mean().item() for v in values)
-    assert float(train_step["total"]) == pytest.approx(expected, rel=1e-6)
+    assert train_step["total"].item() == pytest.approx(expected, rel=1e-6)
     assert set(log) == {f"{t}/{d}/{k}" for t in ("ss", "is") for d in ("alpha", "beta")
                         for k in (IS_KEYS if t == "is" else {"loss_ce", "acc_seg"})}
-    assert float(log["is/beta/loss_rpn_cls"]) == pytest.approx(float(sum(losses["is"][1]["loss_rpn_cls"])))
+    assert log["is/beta/loss_rpn_cls"].item() == pytest.approx(sum(x.item() for x in losses["is"][1]["loss_rpn_cls"]))
 
 
 def test_gradients_reach_the_encoder_and_each_datasets_heads(tiny: MultiTaskModel, train_step: dict) -> None:
-    for name in ("encoder.patch_embed.proj.weight", "encoder.fpn1.0.weight", "semsegdecoder.decode_head.bottleneck.conv.weight",
-                 "semseghead_1.1.weight", "semseghead_2.1.weight", "inssegdecoder.neck.lateral_convs.0.conv.weight",
-                 "inssegdecoder.rpn_head.rpn_cls.weight", "inssegroiboxhead_fc_cls1.weight", "inssegroiboxhead_fc_cls2.weight"):
+    for name in (
+        "encoder.patch_embed.proj.weight", "encoder.fpn1.0.weight", "semsegdecoder.decode_head.bottleneck.conv.weight",
+        "semseghead_1.1.weight", "semseghead_2.1.weight", "inssegdecoder.neck.lateral_convs.0.conv.weight",
+        "inssegdecoder.rpn_head.rpn_cls.weight", "inssegroiboxhead_fc_cls1.weight", "inssegroiboxhead_fc_cls2.weight",
+    ):
         grad = tiny.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
     # the pretraining encoder's final norm exists (it is in the released files) but forward never uses it
@@ -237,7 +239,8 @@ def released_file(model: nn.Module, rotdet: dict[str, Tensor]) -> dict[str, Any]
 def rotdet_state(channels: int, heads: list[tuple[str, list[int]]] | None = None) -> dict[str, Tensor]:
     keys = json.loads(shared_file("reference", "mtp_pretrain", "mtp_pretrain_decoder_keys.json").read_text())
     entries = keys["rotdetdecoder_vitb_C768"] if channels == 768 else keys["rotdetdecoder_vitl_C1024"]
-    shapes = [(e["key"], e["shape"]) for e in entries] + (heads or [(e["key"], e["shape"]) for e in keys["rotdet_heads"]])
+    shapes = [(e["key"], e["shape"]) for e in entries]
+    shapes += heads or [(e["key"], e["shape"]) for e in keys["rotdet_heads"]]
     return shared_random(shapes, seed=12)
 
 

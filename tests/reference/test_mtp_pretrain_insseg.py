@@ -107,11 +107,11 @@ def test_path(golden: dict, model: tuple, meta: ImageMeta) -> dict:
         neck = decoder.neck(golden["features"])
         proposals = decoder.rpn_head.predict(*decoder.rpn_head(neck), [meta], nms_pre=1000)
         recorded = [Proposals(golden["is_test_proposals"], golden["is_test_proposal_scores"])]
-        _, cls_score, bbox_pred = decoder.roi_head.predict_bbox(neck, recorded, [meta], heads["fc_cls"], heads["fc_reg"])
+        predictors = heads["fc_cls"], heads["fc_reg"]
+        _, cls_score, bbox_pred = decoder.roi_head.predict_bbox(neck, recorded, [meta], *predictors)
         boxes = [golden["is_test_dets_before_mask"]["bboxes"], results.bboxes]
-        recorded_logits, logits = decoder.roi_head.predict_mask_logits(neck, [torch.cat(boxes)], heads["conv_logits"]).split(
-            [b.shape[0] for b in boxes]
-        )
+        logits = decoder.roi_head.predict_mask_logits(neck, [torch.cat(boxes)], heads["conv_logits"])
+        recorded_logits, logits = logits.split([b.shape[0] for b in boxes])
     probs = logits[torch.arange(len(results.labels)), results.labels][:, None].sigmoid()
     return dict(proposals=proposals[0], cls_score=cls_score, bbox_pred=bbox_pred, results=results,
                 recorded_logits=recorded_logits, probs=probs)

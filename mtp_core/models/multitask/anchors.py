@@ -42,7 +42,10 @@ class AnchorGenerator:
         return self.base_anchors[0].shape[0]
 
     def grid_priors(
-        self, featmap_sizes: Sequence[Sequence[int]], dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+        self,
+        featmap_sizes: Sequence[Sequence[int]],
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
     ) -> list[Tensor]:
         """(h·w·A, 4) anchors per level for feature maps of these (h, w) sizes."""
         if len(featmap_sizes) != self.num_levels:

@@ -119,10 +119,10 @@ class RandomSampler:
         if self.add_gt_as_proposals and len(gt_bboxes) > 0:
             priors = torch.cat([gt_bboxes, priors], dim=0)
             assign.add_gt_(gt_labels)
-        pos_inds = self._choose(torch.nonzero(assign.gt_inds > 0, as_tuple=False).squeeze(1), int(self.num * self.pos_fraction))
-        pos_inds = pos_inds.unique()
-        neg_inds = self._choose(torch.nonzero(assign.gt_inds == 0, as_tuple=False).squeeze(1), self.num - pos_inds.numel())
-        neg_inds = neg_inds.unique()
+        positives = torch.nonzero(assign.gt_inds > 0, as_tuple=False).squeeze(1)
+        pos_inds = self._choose(positives, int(self.num * self.pos_fraction)).unique()
+        negatives = torch.nonzero(assign.gt_inds == 0, as_tuple=False).squeeze(1)
+        neg_inds = self._choose(negatives, self.num - pos_inds.numel()).unique()
         assigned = assign.gt_inds[pos_inds] - 1
         pos_gt_bboxes = gt_bboxes.view(-1, 4)[assigned] if gt_bboxes.numel() else gt_bboxes.view(-1, 4)
         return SamplingResult(

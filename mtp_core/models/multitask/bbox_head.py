@@ -32,9 +32,10 @@ class Shared2FCBBoxHead(nn.Module):
         super().__init__()
         self.fc_out_channels = fc_out_channels
         self.bbox_coder = DeltaXYWHBBoxCoder(stds=RCNN_STDS)
-        self.shared_fcs = nn.ModuleList(
-            [nn.Linear(in_channels * roi_feat_size * roi_feat_size, fc_out_channels), nn.Linear(fc_out_channels, fc_out_channels)]
-        )
+        self.shared_fcs = nn.ModuleList([
+            nn.Linear(in_channels * roi_feat_size * roi_feat_size, fc_out_channels),
+            nn.Linear(fc_out_channels, fc_out_channels),
+        ])
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.flatten(1)
@@ -42,7 +43,9 @@ class Shared2FCBBoxHead(nn.Module):
             x = F.relu(fc(x))
         return x
 
-    def get_targets(self, sampling: Sequence[SamplingResult], num_classes: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def get_targets(
+        self, sampling: Sequence[SamplingResult], num_classes: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Labels (GT class for positives, ``num_classes`` for negatives), label weights, deltas and their weights of
         the sampled RoIs, positives then negatives per image."""
         labels, label_weights, targets, weights = [], [], [], []
@@ -72,7 +75,7 @@ class Shared2FCBBoxHead(nn.Module):
         num_classes: int,
         fix_bbox_target: bool = False,
     ) -> dict[str, Tensor]:
-        """``loss_cls`` (softmax CE over the sampled RoIs), ``acc`` (logged only), ``loss_bbox`` (see the module doc)."""
+        """``loss_cls`` (softmax CE over the sampled RoIs), ``acc`` (logged only), ``loss_bbox`` (module doc)."""
         labels, label_weights, bbox_targets, bbox_weights = self.get_targets(sampling, num_classes)
         losses = {}
         if cls_score.numel() > 0:

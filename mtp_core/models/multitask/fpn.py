@@ -33,7 +33,8 @@ class FPN(nn.Module):
             raise ValueError(f"FPN expects {len(self.in_channels)} feature maps, got {len(inputs)}")
         laterals = [conv(x) for conv, x in zip(self.lateral_convs, inputs)]
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[2:], mode="nearest")
+            upsampled = F.interpolate(laterals[i], size=laterals[i - 1].shape[2:], mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + upsampled
         outs = [conv(lateral) for conv, lateral in zip(self.fpn_convs, laterals)]
         for _ in range(self.num_outs - len(outs)):
             outs.append(F.max_pool2d(outs[-1], 1, stride=2))

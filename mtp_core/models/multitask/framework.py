@@ -87,7 +87,8 @@ class MultiTaskModel(nn.Module):
         self.background = background
         decoder_args = dict(decoder_args or {})
         if set(decoder_args) - set(self.tasks):
-            raise ValueError(f"decoder_args for tasks that are not built: {sorted(set(decoder_args) - set(self.tasks))}")
+            extra = sorted(set(decoder_args) - set(self.tasks))
+            raise ValueError(f"decoder_args for tasks that are not built: {extra}")
         self.encoder = encoder
         in_channels = list(encoder.out_channels)
         for task in self.tasks:
@@ -125,7 +126,8 @@ class MultiTaskModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, batches: Sequence[Batch]) -> dict[str, list[list[Any]]]:
-        """Per task, dataset and image: semantic logits at ``ori_shape``, or instances (boxes, scores, labels, masks)."""
+        """Per task, dataset and image: semantic logits at ``ori_shape``, or instances (boxes, scores, labels,
+        masks)."""
         feats = self.encode(batches)
         return {task: self.decoder(task).predict(feats, batches, self._heads(task)) for task in self.tasks}
 
@@ -136,7 +138,9 @@ class MultiTaskModel(nn.Module):
         return [self.dataset_heads(task, k) for k in range(len(self.datasets))]
 
 
-def sum_losses(losses: Mapping[str, Sequence[Losses]], datasets: Sequence[DatasetSpec]) -> tuple[Tensor, dict[str, Tensor]]:
+def sum_losses(
+    losses: Mapping[str, Sequence[Losses]], datasets: Sequence[DatasetSpec]
+) -> tuple[Tensor, dict[str, Tensor]]:
     """MTP's ``parse_losses`` over every task and dataset: the unweighted sum, over tasks and datasets, of the means
     of the entries whose key contains ``"loss"`` (per-level lists summed), added in the original's order; and every
     entry (detached) for logging as ``"{task}/{dataset}/{key}"``."""

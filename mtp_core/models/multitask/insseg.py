@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from mtp_core.models.multitask.fpn import FPN
 from mtp_core.models.multitask.roi_head import RoIHead
 from mtp_core.models.multitask.rpn_head import RPNHead
-from mtp_core.models.multitask.structures import Batch, InstanceResult
+from mtp_core.models.multitask.structures import Batch, ImageMeta, InstanceResult
 from mtp_core.models.multitask.task import Losses, TaskDecoder
 
 TRAIN_NMS_PRE = 2000  # proposals kept per level before NMS in training (rpn_proposal.nms_pre)
@@ -91,11 +91,10 @@ class InstanceSegDecoder(TaskDecoder):
         for f, batch, head in zip(feats, batches, heads):
             neck = self.neck(f)
             proposals = self.rpn_head.predict(*self.rpn_head(neck), _metas(batch), TEST_NMS_PRE)
-            out.append(
-                self.roi_head.predict(neck, proposals, _metas(batch), head["fc_cls"], head["fc_reg"], head["conv_logits"])
-            )
+            predictors = head["fc_cls"], head["fc_reg"], head["conv_logits"]
+            out.append(self.roi_head.predict(neck, proposals, _metas(batch), *predictors))
         return out
 
 
-def _metas(batch: Batch) -> list:
+def _metas(batch: Batch) -> list[ImageMeta]:
     return [s.meta for s in batch.samples]

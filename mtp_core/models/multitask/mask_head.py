@@ -30,7 +30,8 @@ class FCNMaskHead(nn.Module):
             ConvModule(in_channels if i == 0 else conv_out_channels, conv_out_channels, 3, padding=1, relu=True)
             for i in range(num_convs)
         )
-        self.upsample = nn.ConvTranspose2d(conv_out_channels if num_convs else in_channels, conv_out_channels, 2, stride=2)
+        upsample_in = conv_out_channels if num_convs else in_channels
+        self.upsample = nn.ConvTranspose2d(upsample_in, conv_out_channels, 2, stride=2)
 
     def forward(self, x: Tensor) -> Tensor:
         for conv in self.convs:
@@ -39,7 +40,10 @@ class FCNMaskHead(nn.Module):
 
 
 def mask_target(
-    pos_proposals: Sequence[Tensor], pos_assigned_gt_inds: Sequence[Tensor], gt_masks: Sequence[Tensor], mask_size: int = 28
+    pos_proposals: Sequence[Tensor],
+    pos_assigned_gt_inds: Sequence[Tensor],
+    gt_masks: Sequence[Tensor],
+    mask_size: int = 28,
 ) -> Tensor:
     """(n_pos, s, s) binary float targets of all images' positive proposals (mmdet ``mask_target``)."""
     targets = []

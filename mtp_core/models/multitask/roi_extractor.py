@@ -39,7 +39,8 @@ class SingleRoIExtractor(nn.Module):
         for i, (feat, stride) in enumerate(zip(feats, self.featmap_strides)):
             inds = (levels == i).nonzero(as_tuple=False).squeeze(1)
             if inds.numel() > 0:
-                out[inds] = roi_align(feat, rois[inds], self.output_size, 1 / stride, sampling_ratio=0, aligned=True)
+                pooled = roi_align(feat, rois[inds], self.output_size, 1 / stride, sampling_ratio=0, aligned=True)
+                out[inds] = pooled.to(out.dtype)  # roi_align runs in float32 under autocast
             else:
                 # mmdet keeps every level in the autograd graph (DDP waits for all of them)
                 out = out + feat.sum() * 0.0

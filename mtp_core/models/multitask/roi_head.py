@@ -124,7 +124,10 @@ class RoIHead(nn.Module):
             n = bboxes.shape[0]
             scale = bboxes.new_tensor(meta.scale_factor).repeat(2)
             bboxes = bboxes / scale
-            probs = logits[start : start + n][range(n), labels][:, None].sigmoid() if n else bboxes.new_zeros((0, 1, 1, 1))
+            if n:
+                probs = logits[start : start + n][range(n), labels][:, None].sigmoid()
+            else:
+                probs = bboxes.new_zeros((0, 1, 1, 1))
             masks = paste_masks(probs, bboxes, meta.ori_shape[0], meta.ori_shape[1], mask_threshold)
             results.append(InstanceResult(bboxes, scores, labels, masks))
             start += n

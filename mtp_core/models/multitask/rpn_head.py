@@ -78,12 +78,16 @@ class RPNHead(nn.Module):
             for out, value in zip((labels, label_weights, bbox_targets, bbox_weights, sampling), targets):
                 out.append(value)
         avg_factor = sum(s.avg_factor for s in sampling)
-        per_level = [torch.stack(t).split(num_level_anchors, dim=1) for t in (labels, label_weights, bbox_targets, bbox_weights)]
+        per_level = [
+            torch.stack(t).split(num_level_anchors, dim=1) for t in (labels, label_weights, bbox_targets, bbox_weights)
+        ]
         losses_cls, losses_bbox = [], []
         for level, (score, pred) in enumerate(zip(cls_scores, bbox_preds)):
             lvl_labels, lvl_label_weights, lvl_targets, lvl_weights = (t[level] for t in per_level)
             score = score.permute(0, 2, 3, 1).reshape(-1, 1)
-            losses_cls.append(sigmoid_cross_entropy(score, lvl_labels.reshape(-1), lvl_label_weights.reshape(-1), avg_factor))
+            losses_cls.append(
+                sigmoid_cross_entropy(score, lvl_labels.reshape(-1), lvl_label_weights.reshape(-1), avg_factor)
+            )
             pred = pred.permute(0, 2, 3, 1).reshape(-1, 4)
             losses_bbox.append(l1_loss(pred, lvl_targets.reshape(-1, 4), lvl_weights.reshape(-1, 4), avg_factor))
         return {"loss_rpn_cls": losses_cls, "loss_rpn_bbox": losses_bbox}, sampling
@@ -127,12 +131,11 @@ class RPNHead(nn.Module):
         """Proposals of every image (``nms_pre`` 2000 in training, 1000 at test in MTP)."""
         featmap_sizes = [tuple(s.shape[-2:]) for s in cls_scores]
         priors = self.prior_generator.grid_priors(featmap_sizes, dtype=cls_scores[0].dtype, device=cls_scores[0].device)
-        return [
-            self._proposals_single(
-                [s[i].detach() for s in cls_scores], [p[i].detach() for p in bbox_preds], priors, meta, nms_pre, max_per_img
-            )
-            for i, meta in enumerate(metas)
-        ]
+        out = []
+        for i, meta in enumerate(metas):
+            scores, preds = [s[i].detach() for s in cls_scores], [p[i].detach() for p in bbox_preds]
+            out.append(self._proposals_single(scores, preds, priors, meta, nms_pre, max_per_img))
+        return out
 
     def _proposals_single(
         self,

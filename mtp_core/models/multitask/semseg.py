@@ -53,7 +53,8 @@ class SemanticSegDecoder(TaskDecoder):
         self, feats: Sequence[Sequence[Tensor]], batches: Sequence[Batch], heads: Sequence[Mapping[str, nn.Module]]
     ) -> list[list[Tensor]]:
         """Per dataset and image: (C+1, H, W) logits at ``ori_shape``: resized to the padded input, the padding
-        cropped, then resized to the original size."""
+        cropped, then resized to the original size. (MTP's validation goes through mmseg's ``postprocess_result``
+        without a ``padding_size``, so it does not crop the padding: different only for padded images.)"""
         out = []
         for f, batch, head in zip(feats, batches, heads):
             logits = F.interpolate(
