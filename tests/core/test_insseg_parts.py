@@ -9,10 +9,11 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from mtp_core.models.multitask.assigner_sampler import MaxIoUAssigner, RandomSampler, SamplingResult, bbox_overlaps
 from mtp_core.models.multitask.bbox_head import Shared2FCBBoxHead
 from mtp_core.models.multitask.fpn import FPN
+from mtp_core.models.multitask.insseg import InstanceSegDecoder
 from mtp_core.models.multitask.mask_head import _paste_chunk, mask_target, paste_masks
 from mtp_core.models.multitask.nms import batched_nms, multiclass_nms
 from mtp_core.models.multitask.rpn_head import RPNHead
-from mtp_core.models.multitask.structures import ImageMeta
+from mtp_core.models.multitask.structures import Batch, ImageMeta, Sample
 
 
 def random_boxes(n: int, size: float, gen: torch.Generator) -> torch.Tensor:
@@ -157,3 +158,19 @@ def test_rpn_proposals() -> None:
     assert (proposals.scores[:-1] >= proposals.scores[1:]).all()
     assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
     assert (boxes[:, 0::2] <= 50).all() and (boxes[:, 1::2] <= 60).all() and (boxes >= 0).all()
+
+
+def test_images_without_instances_train() -> None:
+    """An image with no instance: every anchor and RoI negative, zero box and mask losses, finite gradients."""
+    torch.manual_seed(0)
+    decoder = InstanceSegDecoder([8] * 4, channels=8, fc_out_channels=16)
+    heads = {kind: decoder.new_head(kind, 3, background=True) for kind in decoder.head_templates}
+    feats = [torch.randn(1, 8, 64 // s, 64 // s) for s in (4, 8, 16, 32)]
+    empty = Sample(ImageMeta.of_size(64, 64), bboxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.long),
+                   masks=torch.zeros(0, 64, 64, dtype=torch.uint8))
+    losses = decoder.forward_train([feats], [Batch(torch.zeros(1, 3, 64, 64), [empty])], [heads])[0]
+    assert sum(losses["loss_rpn_bbox"]).item() == 0 and losses["loss_bbox"].item() == 0
+    assert losses["loss_mask"].item() == 0 and losses["loss_cls"].item() > 0
+    total = sum(sum(v) if isinstance(v, list) else v.sum() for k, v in losses.items() if "loss" in k)
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in decoder.parameters() if p.grad is not None)
