@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from mtp_core.checkpoint.layouts import (
     BACKBONE_EXTRAS,
     HEAD_NAMES,
+    HEAD_PREFIXES,
     LAYOUTS,
     REL_POS_SUFFIXES,
     Parts,
@@ -23,6 +24,7 @@ from mtp_core.checkpoint.layouts import (
 )
 from mtp_core.checkpoint.resize import resize_pos_embed, resize_rel_pos
 from mtp_core.checkpoint.safe_load import CheckpointError, PathLike, safe_load
+from mtp_core.models.multitask import MultiTaskModel, task_of_key
 
 Mismatch = tuple[str, tuple[int, ...], tuple[int, ...]]  # (model key, file shape, model shape)
 ReuseDecoder = Literal["none", "semseg", "rotdet"]
@@ -48,6 +50,9 @@ class LoadReport:
     notes: list[str] = field(default_factory=list)
     #: keys the file's metadata says were never trained (``mtp convert-ckpt`` wrote them newly initialized)
     untrained: list[str] = field(default_factory=list)
+    #: file keys of decoders a multi-task model does not build (the rotated-detection decoder until it exists, or
+    #: tasks left out of its task spec): kept in the file, not loaded
+    unused: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """Several human-readable lines."""
@@ -61,6 +66,9 @@ class LoadReport:
             lines.append(f"missing (left as initialized): {len(self.missing)} tensors: {_compact(self.missing)}")
         if self.dropped:
             lines.append(f"dropped (not used by this model): {len(self.dropped)} tensors: {_compact(self.dropped)}")
+        if self.unused:
+            lines.append(f"unused (kept in the file; this model builds no such decoder): {len(self.unused)} tensors: "
+                         f"{_compact(self.unused)}")
         lines.extend(f"note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -203,6 +211,12 @@ def load_into(
         )
     state, layout = extract_state_dict(obj)
     parts = split_parts(state, layout)
+    if isinstance(model, MultiTaskModel):
+        if reuse_decoder != "none" or reinit_classifier:
+            raise CheckpointError(
+                "reuse_decoder and reinit_classifier apply to segmentors: a multi-task model loads its decoders by name"
+            )
+        return _load_multitask(model, state, parts, layout, source)
     target = model.state_dict()
     segmentor = is_segmentor(model)
     report = LoadReport(layout=layout, source=source)
@@ -239,6 +253,52 @@ def load_into(
     report.loaded = list(tensors)
     report.reinitialized = fresh
     report.missing = [k for k in target if k not in tensors and k not in fresh]
+    return report
+
+
+def _load_multitask(
+    model: MultiTaskModel, state: Mapping[str, Tensor], parts: Parts, layout: str, source: str
+) -> LoadReport:
+    """A multi-task framework takes a released pretraining file by name: the encoder and the decoders and
+    per-dataset heads of its tasks, every shape exact; keys of tasks it does not build stay in the file, reported as
+    unused. Backbone-only files (MTP encoder, MAE, fine-tuned models) initialise the encoder (``encoder.*``)."""
+    target = model.state_dict()
+    report = LoadReport(layout=layout, source=source)
+    plan: dict[str, str] = {}
+    unexpected: list[str] = []
+    for rel, key in parts.backbone.items():
+        if "encoder." + rel in target:
+            plan["encoder." + rel] = key
+        elif rel.startswith(BACKBONE_EXTRAS):
+            report.dropped.append(key)
+        else:
+            unexpected.append(key)
+    for key in [*parts.semseg_decoder.values(), *parts.heads, *parts.unused]:
+        task = task_of_key(key)
+        if key in target:
+            plan[key] = key
+        elif task is not None and task not in model.tasks:
+            report.unused.append(key)
+        elif key.startswith(HEAD_PREFIXES):
+            report.dropped.append(key)  # a fine-tuned segmentor's head
+        else:
+            unexpected.append(key)
+    num_extra = 1 if "cls_token" in parts.backbone else 0
+    tensors, mismatched, _ = _fit_shapes(plan, state, target, "encoder.pos_embed", num_extra, report)
+    if mismatched or unexpected:
+        examples = [f"{k}: file {a} vs model {b}" for k, a, b in mismatched[:4]]
+        examples += [f"{k}: not in the model" for k in unexpected[: max(0, 6 - len(examples))]]
+        raise CheckpointError(
+            f"{source} does not fit this multi-task model ({len(mismatched)} tensors differ in shape, "
+            f"{len(unexpected)} are not in the model): {'; '.join(examples)}. The per-dataset heads follow the "
+            f"datasets and their class counts ({', '.join(f'{d.name}: {d.num_classes}' for d in model.datasets)} "
+            "here); build the model with the file's datasets, backbone and tasks"
+        )
+    if not tensors:
+        raise CheckpointError(f"nothing in {source} fits this model (a {LAYOUTS[layout]} file)")
+    model.load_state_dict(tensors, strict=False)
+    report.loaded = list(tensors)
+    report.missing = [k for k in target if k not in tensors]
     return report
 
 

@@ -1,5 +1,6 @@
 """MTP models: the RVSA ViT backbone, UperNet/FCN heads, the segmentor and the named-model registry."""
 from mtp_core.models.card import ModelCard
+from mtp_core.models.multitask import MultiTaskModel
 from mtp_core.models.registry import create_model, default_card, list_models, model_entry
 from mtp_core.models.rvsa import RVSAViT
 from mtp_core.models.segmentor import EncoderDecoder
@@ -9,6 +10,7 @@ __all__ = [
     "EncoderDecoder",
     "FCNHead",
     "ModelCard",
+    "MultiTaskModel",
     "RVSAViT",
     "UPerHead",
     "create_model",

@@ -9,25 +9,27 @@ Backbones are built through timm's ``build_model_with_cfg``, so timm's options w
 (the four maps through ``forward_intermediates``), a ``pretrained_cfg`` (MTP's mean/std, 384 px input), released
 weights with ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`` (``custom_load``: the safe loader of
 :mod:`mtp_core.checkpoint`, any MTP / MAE / MMSeg layout) and ``checkpoint_path=PATH`` (timm's weights-only loader,
-then the same key remapping and resizing).
+then the same key remapping and resizing). ``create_model("mtp_vit_b_rvsa_multitask")`` builds the multi-task
+pretraining framework in the released layout.
 """
 from __future__ import annotations
 
 import difflib
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence, Union
 
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models import register_model as timm_register_model
 from torch import nn
 
 from mtp_core.models.card import ModelCard
+from mtp_core.models.multitask import SAMRS_DATASETS, DatasetSpec, MultiTaskModel
 from mtp_core.models.rvsa import RVSAViT
 from mtp_core.models.segmentor import EncoderDecoder
 from mtp_core.models.upernet import FCNHead, UPerHead
 
-ModelKind = Literal["backbone", "segmentor"]
+ModelKind = Literal["backbone", "segmentor", "multitask"]
 _TIMM_ONLY_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 _MEAN = tuple(v / 255.0 for v in (123.675, 116.28, 103.53))  # MTP's (MMSeg's) normalization, on timm's 0-1 scale
 _STD = tuple(v / 255.0 for v in (58.395, 57.12, 57.375))
@@ -67,7 +69,7 @@ def _register(kind: ModelKind, description: str) -> Callable[[Callable[..., nn.M
 
 
 def list_models(kind: ModelKind | None = None) -> list[str]:
-    """Registered model names, optionally only backbones or only segmentors."""
+    """Registered model names, optionally only those of one kind (backbones, segmentors, multi-task frameworks)."""
     return sorted(n for n, e in _MODELS.items() if kind is None or e.kind == kind)
 
 
@@ -117,7 +119,7 @@ def _backbone(variant: str, pretrained: bool, defaults: dict[str, Any], kwargs: 
 
 
 def _segmentor_backbone(pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> RVSAViT:
-    """The backbone of a segmentor: segmentor weights are whole-model files (``mtp_core.checkpoint.load_model``)."""
+    """The backbone of a segmentor or multi-task model: their weights are whole-model files (mtp_core.checkpoint)."""
     _check_pretrained(pretrained, kwargs)
     return RVSAViT(**{**defaults, **kwargs})
 
@@ -126,7 +128,7 @@ _VIT_B = dict(embed_dim=768, depth=12, num_heads=12, out_indices=(3, 5, 7, 11), 
 _VIT_L = dict(embed_dim=1024, depth=24, num_heads=16, out_indices=(7, 11, 15, 23), interval=6)
 _VIT_TINY = dict(embed_dim=192, depth=4, num_heads=3, out_indices=(0, 1, 2, 3), interval=3)
 _FINETUNE = dict(img_size=384, drop_path_rate=0.3)
-_PRETRAIN = dict(drop_path_rate=0.1, with_norm=True)
+_PRETRAIN = dict(drop_path_rate=0.1, with_norm=True)  # the multi-task pretraining encoder (ViT_Win_RVSA_V3_WSZ7)
 
 
 @_register("backbone", "ViT-B + RVSA, SpaceNetv1 fine-tuning backbone (384 px, full attention every 3rd block)")
@@ -212,7 +214,7 @@ def default_card(name: str, **arch_args: Any) -> ModelCard:
     entry = model_entry(name)
     if entry.kind != "segmentor":
         segmentors = ", ".join(list_models("segmentor"))
-        raise ValueError(f"{name!r} is a backbone; a model card describes a segmentor ({segmentors})")
+        raise ValueError(f"{name!r} is a {entry.kind}; a model card describes a segmentor ({segmentors})")
     num_classes = arch_args.get("num_classes", 2)
     classes = ("background", "building") if num_classes == 2 else tuple(f"class_{i}" for i in range(num_classes))
     return ModelCard(architecture=name, arch_args=dict(arch_args), classes=classes, description=entry.description)
@@ -235,3 +237,67 @@ def mtp_rvsa_upernet(
     head = UPerHead(**{"in_channels": net.out_channels, "channels": 512, "num_classes": 2, **(decode_head or {})})
     aux = FCNHead(**auxiliary_head) if auxiliary_head else None
     return EncoderDecoder(net, head, aux)
+
+
+TaskSpecDatasets = Sequence[Union[DatasetSpec, tuple[str, int]]]
+
+
+def _multitask(
+    pretrained: bool,
+    encoder_defaults: dict[str, Any],
+    datasets: TaskSpecDatasets,
+    tasks: Sequence[str],
+    background: bool,
+    decoder_args: dict[str, dict[str, Any]] | None,
+    kwargs: dict[str, Any],
+) -> MultiTaskModel:
+    encoder = _segmentor_backbone(pretrained, encoder_defaults, kwargs)  # whole-model weights, as segmentors
+    return MultiTaskModel(encoder, datasets, tasks, background, decoder_args)
+
+
+@_register("multitask", "ViT-B + RVSA multi-task pretraining framework (224 px; SAMRS SOTA/SIOR/FAST heads)")
+def mtp_vit_b_rvsa_multitask(
+    pretrained: bool = False,
+    datasets: TaskSpecDatasets = SAMRS_DATASETS,
+    tasks: Sequence[str] = ("ss", "is"),
+    background: bool = True,
+    decoder_args: dict[str, dict[str, Any]] | None = None,
+    **kwargs: Any,
+) -> MultiTaskModel:
+    """MTP's released ViT-B framework; ``datasets``/``tasks``/``background`` as the original's arguments."""
+    encoder = {**_VIT_B, **_PRETRAIN, "img_size": 224}
+    return _multitask(pretrained, encoder, datasets, tasks, background, decoder_args, kwargs)
+
+
+@_register("multitask", "ViT-L + RVSA multi-task pretraining framework (448 px; SAMRS SOTA/SIOR/FAST heads)")
+def mtp_vit_l_rvsa_multitask(
+    pretrained: bool = False,
+    datasets: TaskSpecDatasets = SAMRS_DATASETS,
+    tasks: Sequence[str] = ("ss", "is"),
+    background: bool = True,
+    decoder_args: dict[str, dict[str, Any]] | None = None,
+    **kwargs: Any,
+) -> MultiTaskModel:
+    """MTP's released ViT-L framework; ``datasets``/``tasks``/``background`` as the original's arguments."""
+    encoder = {**_VIT_L, **_PRETRAIN, "img_size": 448}
+    return _multitask(pretrained, encoder, datasets, tasks, background, decoder_args, kwargs)
+
+
+_TINY_DECODERS = {"ss": {"channels": 64}, "is": {"channels": 32, "fc_out_channels": 128}}
+
+
+@_register("multitask", "tiny RVSA ViT multi-task framework (128 px, narrow decoders) for tests and CPU demos")
+def mtp_vit_tiny_rvsa_multitask(
+    pretrained: bool = False,
+    datasets: TaskSpecDatasets = SAMRS_DATASETS,
+    tasks: Sequence[str] = ("ss", "is"),
+    background: bool = True,
+    decoder_args: dict[str, dict[str, Any]] | None = None,
+    **kwargs: Any,
+) -> MultiTaskModel:
+    """Same structure as the released framework with a tiny encoder, a 64-channel UperNet and a 32-channel Mask R-CNN
+    with 128-wide box FCs."""
+    if decoder_args is None:
+        decoder_args = {t: a for t, a in _TINY_DECODERS.items() if t in tasks}
+    encoder = {**_VIT_TINY, **_PRETRAIN, "img_size": 128}
+    return _multitask(pretrained, encoder, datasets, tasks, background, decoder_args, kwargs)
