@@ -72,6 +72,11 @@ class PredictorCache:
                 self._key = key
             return self._predictor
 
+    def holds(self, spec: ModelSpec) -> bool:
+        """Whether :meth:`get` would return the cached Predictor for ``spec`` (no loading)."""
+        with self._lock:
+            return self._key is not None and self._key == spec.key()
+
     def clear(self) -> None:
         with self._lock:
             self._key, self._predictor = None, None
