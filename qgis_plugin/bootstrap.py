@@ -88,3 +88,9 @@ def prepare() -> None:
     use_installed_dependencies()
     use_vendored_core()
     import_shapely_with_own_geos()
+
+
+def use_new_dependencies() -> None:
+    """After an installation: the new packages in this session, shapely bound to its own GEOS as at start."""
+    use_installed_dependencies()
+    import_shapely_with_own_geos()

@@ -7,7 +7,7 @@ Why it is built this way (DESIGN.md "Plugin"; anchors.md, "What users complain a
   this module imports torch unless it is installed.
 * The compute device is always shown, with its name and memory, or why the CPU is used (complaint 2).
 * It fits a 300 px wide dock: short list entries (details in tooltips), fields under their labels when a row is too
-  narrow, word-wrapped plain-text labels that never ask for more width than there is.
+  narrow, plain-text labels that wrap even file names instead of asking for more width (:mod:`qgis_plugin.labels`).
 * A run is a :class:`~qgis_plugin.run_task.SegmentTask` over a :class:`~qgis_plugin.run_task.RunRequest` read from
   the widgets here, on the GUI thread; the canvas extent and polygons become plain bounds/WKT first. Whatever can be
   checked before starting (a layer, a georeferenced file, numbers in the fields) is checked here, and errors name the
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayer, QgsMapLayerProxyModel, QgsMessageLog, QgsProject
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt, pyqtSlot
+from qgis.PyQt.QtCore import QStandardPaths, Qt, pyqtSlot
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -35,12 +35,10 @@ from qgis.PyQt.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
-    QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
     QScrollArea,
-    QSizePolicy,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -48,8 +46,9 @@ from qgis.PyQt.QtWidgets import (
 
 from .area import polygons_wkt, visible_extent
 from .dependencies import check_dependencies
-from .install_panel import InstallPanel, plain_label
+from .install_panel import InstallPanel
 from .installer import InstallOutcome
+from .labels import WrappingLabel
 from .layers import require_georeferenced
 from .map_tool import ClickSegmentTool
 from .message_bar import MessageBarReporter
@@ -73,9 +72,10 @@ COMBO_CHARACTERS = 10  # a combo box asks for this many characters, not for its 
 
 
 def default_output_folder() -> Path:
-    """``mtp_output`` beside the saved project, else in the temporary folder."""
-    project_folder = QgsProject.instance().absolutePath()
-    return Path(project_folder or tempfile.gettempdir()) / "mtp_output"
+    """``mtp_output`` beside the saved project, else in the user's documents: never in the temporary folder, whose
+    files QGIS treats as temporary layers (and the system may delete)."""
+    folder = QgsProject.instance().absolutePath() or QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation)
+    return Path(folder or Path.home()) / "mtp_output"
 
 
 def parse_nodata(text: str) -> float | None:
@@ -99,15 +99,6 @@ def narrow(widget: QWidget) -> QWidget:
         widget.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         widget.setMinimumContentsLength(COMBO_CHARACTERS)
     return widget
-
-
-def status_label(name: str) -> QLabel:
-    """A plain-text label whose text wraps to the width it gets instead of widening the dock."""
-    label = plain_label()
-    label.setObjectName(name)
-    label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
-    label.setMinimumWidth(40)
-    return label
 
 
 class MTPDock(QDockWidget):
@@ -174,7 +165,7 @@ class MTPDock(QDockWidget):
 
         self.device_combo = self._choices(DEVICE_CHOICES)
         form.addRow("Device", self.device_combo)
-        self.device_label = status_label("mtpDeviceLabel")
+        self.device_label = WrappingLabel("mtpDeviceLabel")
         form.addRow(self.device_label)
         self.batch_spin = self._int_spin(1, 1024, "", "tiles per step; halved on CUDA out-of-memory")
         form.addRow("Batch size", self.batch_spin)
@@ -205,7 +196,7 @@ class MTPDock(QDockWidget):
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 100)
         column.addWidget(self.progress_bar)
-        self.status_label = status_label("mtpStatusLabel")
+        self.status_label = WrappingLabel("mtpStatusLabel")
         self.status_label.setText("Ready.")
         column.addWidget(self.status_label)
         column.addWidget(self._click_panel())

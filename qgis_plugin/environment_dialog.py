@@ -18,8 +18,9 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .diagnostics import diagnostics_text
-from .install_panel import InstallPanel, plain_label
+from .install_panel import InstallPanel
 from .installer import InstallOptions
+from .labels import plain_label
 from .torch_build import UnsupportedPlatform, torch_build_for_this_machine
 
 TORCH_SOURCES = (("The build for this machine", "auto"), ("pip's own configured index", "pip"),
@@ -37,7 +38,7 @@ class EnvironmentDialog(QDialog):
         self.text.setObjectName("mtpDiagnostics")
         self.text.setReadOnly(True)
         self.text.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
-        self.text.setLineWrapMode(QPlainTextEdit.NoWrap)
+        self.text.setLineWrapMode(QPlainTextEdit.WidgetWidth)  # long paths stay readable; copies keep lines whole
         layout.addWidget(self.text, 1)
         self.install_panel = InstallPanel(self, show_when_ready=True)
         self.install_panel.installed.connect(lambda _: self.refresh())

@@ -3,24 +3,16 @@ then progress, the current step, Cancel and the pip log. Both panels follow the 
 (:data:`qgis_plugin.installer.installs`), whichever started it."""
 from __future__ import annotations
 
-from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtGui import QFontDatabase
-from qgis.PyQt.QtWidgets import QGroupBox, QLabel, QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qgis.PyQt.QtWidgets import QGroupBox, QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from .dependencies import DependencyStatus, check_dependencies, dependency_root
 from .installer import InstallOptions, InstallOutcome, InstallTask, installs
+from .labels import WrappingLabel
 from .torch_build import UnsupportedPlatform
 
 LOG_LINES = 2000  # the log view keeps this many lines; the full log is in the file beside the folder
-
-
-def plain_label(text: str = "") -> QLabel:
-    """A word-wrapped, selectable label that never interprets its text as HTML."""
-    label = QLabel(text)
-    label.setTextFormat(Qt.PlainText)
-    label.setWordWrap(True)
-    label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-    return label
 
 
 class InstallPanel(QGroupBox):
@@ -33,8 +25,7 @@ class InstallPanel(QGroupBox):
         self.setObjectName("mtpInstallPanel")
         self.show_when_ready = show_when_ready
         layout = QVBoxLayout(self)
-        self.summary_label = plain_label()
-        self.summary_label.setObjectName("mtpInstallSummary")
+        self.summary_label = WrappingLabel("mtpInstallSummary")
         layout.addWidget(self.summary_label)
         self.install_button = QPushButton("Install dependencies")
         self.install_button.setObjectName("mtpInstallButton")
@@ -45,8 +36,7 @@ class InstallPanel(QGroupBox):
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 100)
         layout.addWidget(self.progress_bar)
-        self.step_label = plain_label()
-        self.step_label.setObjectName("mtpInstallStep")
+        self.step_label = WrappingLabel("mtpInstallStep")
         layout.addWidget(self.step_label)
         self.log_button = QPushButton("Show the installation log")
         self.log_button.setCheckable(True)

@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from typing import Callable, Literal
 from qgis.core import Qgis, QgsMessageLog, QgsSettings, QgsTask
 from qgis.PyQt.QtCore import QObject, pyqtSignal
 
-from .bootstrap import use_installed_dependencies
+from .bootstrap import use_new_dependencies
 from .dependencies import REQUIREMENTS, DependencyStatus, check_dependencies, dependency_root, find, write_marker
 from .interpreter import find_interpreter
 from .processes import clean_environment, hidden_window_flags
@@ -198,8 +199,12 @@ def ensure_pip(python: Path, runner: Runner, work: Path) -> None:
         runner.run([python, "-m", "ensurepip", "--default-pip"], "installing pip with ensurepip")
     except InstallError:
         runner.log("ensurepip is not available either: downloading pip from PyPI")
-    if _has_pip(python, runner):
-        return
+    if not _has_pip(python, runner):
+        install_pip_from_pypi(python, runner, work)
+
+
+def install_pip_from_pypi(python: Path, runner: Runner, work: Path) -> None:
+    """The newest pip from PyPI into ``python``'s environment, run from its own wheel."""
     wheel = download_pip_wheel(work, runner.log)
     runner.run([python, str(wheel / "pip"), "install", "--no-index", str(wheel)], "installing pip")
 
@@ -218,8 +223,9 @@ def download_pip_wheel(folder: Path, log: Callable[[str], None]) -> Path:
         with urllib.request.urlopen(PIP_JSON, timeout=60) as answer:
             release = json.load(answer)
         wheel = next(u for u in release["urls"] if u["filename"].endswith("-py3-none-any.whl"))
-        log(f"downloading {wheel['url']}")
-        with urllib.request.urlopen(wheel["url"], timeout=300) as answer:
+        url = urllib.parse.urljoin(PIP_JSON, wheel["url"])  # mirrors answer with relative links
+        log(f"downloading {url}")
+        with urllib.request.urlopen(url, timeout=300) as answer:
             data = answer.read()
     except (OSError, ValueError, KeyError, StopIteration) as exc:
         raise InstallError(f"QGIS's Python has no pip, and pip could not be downloaded from PyPI ({exc}); install "
@@ -344,7 +350,7 @@ class InstallTask(QgsTask):
     def finished(self, result: bool) -> None:
         outcome = self.outcome or InstallOutcome("cancelled", "Installation cancelled before it started.")
         if outcome.state == "done":
-            use_installed_dependencies()  # this session sees the new packages at once (unless older ones were loaded)
+            use_new_dependencies()  # this session sees the new packages at once (unless older ones were loaded)
             status = check_dependencies()
             versions = ", ".join(f"{name} {outcome.installed[name]}" for name in ("torch", "torchvision", "timm",
                                                                                    "shapely"))

@@ -42,8 +42,8 @@ from mtp_core.cli import DEMO_CHECKPOINT
 from mtp_core.cli import main as mtp
 from mtp_core.geo import read_vector
 from mtp_core.synthetic import render_scene, write_scene
-from qgis_plugin.dock import MTPDock
 from qgis_plugin.dependencies import check_dependencies
+from qgis_plugin.dock import MTPDock
 from qgis_plugin.model_cache import ModelSpec, PredictorCache
 from qgis_plugin.results import BUILDING_COLOUR
 from qgis_plugin.run_task import RunOutcome, SegmentTask

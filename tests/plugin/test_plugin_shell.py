@@ -5,8 +5,9 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 import qgis_plugin
 from qgis_plugin.dependencies import REQUIREMENTS, check_dependencies, version_tuple

@@ -360,9 +360,9 @@ def test_qgis_process_says_each_error_once_in_the_words_of_its_parameters(qgis_p
     env, _ = qgis_process
     plain = ungeoreferenced_raster(tmp_path)
     cases = [([f"INPUT={plain}", f"OUTPUT={tmp_path / 'b.gpkg'}", "NODATA=0"],
-              "INPUT (plain) has no georeference (no geotransform or CRS); assign its CRS (QGIS: Raster > Projections > "
-              "Assign Projection, or gdal_edit.py -a_srs EPSG:<code>), or set PIXEL_CRS=true ('Accept a raster "
-              "without georeference') to go on in pixel units"),
+              "INPUT (plain) has no georeference (no geotransform or CRS); assign its CRS (QGIS: Raster > "
+              "Projections > Assign Projection, or gdal_edit.py -a_srs EPSG:<code>), or set PIXEL_CRS=true ('Accept "
+              "a raster without georeference') to go on in pixel units"),
              ([f"INPUT={scene[0]}", f"OUTPUT={read_only_folder / 'b.gpkg'}"],
               f"OUTPUT: cannot write to the folder {read_only_folder} ({READ_ONLY_REASON}); choose another folder")]
     for arguments, expected in cases:
