@@ -71,7 +71,7 @@ class InstallPanel(QGroupBox):
         else:
             try:
                 build = InstallOptions.load().torch_build()
-                what = f"PyTorch's {build.label}, {build.size}"
+                what = f"PyTorch's {build.label}" + (f", {build.size}" if build.size else "")
             except UnsupportedPlatform as exc:
                 what = str(exc)
             self.summary_label.setText(

@@ -93,14 +93,16 @@ class InstallOptions:
         if self.torch_index == "auto":
             return automatic()
         if self.torch_index == "pip":
-            return TorchBuild("build from pip's configured index", None)
-        return TorchBuild(f"build from {self.torch_index}", self.torch_index)
+            return TorchBuild("build from pip's configured index", None, size="")
+        return TorchBuild(f"build from {self.torch_index}", self.torch_index, size="")
 
     def extra_arguments(self) -> list[str]:
+        """The options as pip gets them; quotes group words (on Windows too, where backslashes are path separators)."""
         try:
-            return shlex.split(self.pip_options, posix=os.name != "nt")
+            words = shlex.split(self.pip_options, posix=os.name != "nt")
         except ValueError as exc:
             raise InstallError(f"the extra pip options cannot be read ({exc}): check their quotes") from None
+        return [w[1:-1] if len(w) > 1 and w[0] == w[-1] and w[0] in "\"'" else w for w in words]
 
 
 def environment_python(root: Path) -> Path:

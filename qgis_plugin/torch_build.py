@@ -35,7 +35,7 @@ class TorchBuild:
     label: str  # what the dock and the log say, e.g. "CUDA 12.8 build (NVIDIA driver 550.54)"
     index_url: str | None  # None: pip's own configured index (PyPI unless the site configured another)
     note: str = ""  # advice shown with the label
-    size: str = "about 1 GB"  # on disk, with timm and shapely
+    size: str = "about 1 GB"  # on disk, with timm and shapely ("": not known in advance)
 
     def describe(self) -> str:
         where = self.index_url or "PyPI (pip's configured index)"
