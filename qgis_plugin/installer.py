@@ -241,7 +241,9 @@ def download_pip_wheel(folder: Path, log: Callable[[str], None]) -> Path:
 
 def pip_commands(python: Path, build: TorchBuild, options: InstallOptions, constraints: Path) -> list[tuple[str, list]]:
     """The two pip runs: torch + torchvision from the build's index, then timm + shapely (torch already satisfied)."""
-    pip = [python, "-m", "pip", "install", "--no-warn-script-location", "--progress-bar", "off",
+    # --no-compile: Python compiles the modules it imports on first use; compiling all of torch's thousands of files
+    # up front doubled the installation time
+    pip = [python, "-m", "pip", "install", "--no-warn-script-location", "--progress-bar", "off", "--no-compile",
            "--constraint", str(constraints), *options.extra_arguments()]
     index = ["--index-url", build.index_url] if build.index_url else []
     return [(f"installing PyTorch ({build.label})", [*pip, *index, *requirement_specs(TORCH_PACKAGES)]),

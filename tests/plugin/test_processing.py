@@ -359,17 +359,16 @@ def test_qgis_process_says_each_error_once_in_the_words_of_its_parameters(qgis_p
                                                                           read_only_folder) -> None:
     env, _ = qgis_process
     plain = ungeoreferenced_raster(tmp_path)
-    cases = [([f"INPUT={plain}", f"OUTPUT={tmp_path / 'b.gpkg'}", "NODATA=0"],
+    cases = [([], [f"INPUT={plain}", f"OUTPUT={tmp_path / 'b.gpkg'}", "NODATA=0"],
               "INPUT (plain) has no georeference (no geotransform or CRS); assign its CRS (QGIS: Raster > "
               "Projections > Assign Projection, or gdal_edit.py -a_srs EPSG:<code>), or set PIXEL_CRS=true ('Accept "
               "a raster without georeference') to go on in pixel units"),
-             ([f"INPUT={scene[0]}", f"OUTPUT={read_only_folder / 'b.gpkg'}"],
+             (["--json"], [f"INPUT={scene[0]}", f"OUTPUT={read_only_folder / 'b.gpkg'}"],
               f"OUTPUT: cannot write to the folder {read_only_folder} ({READ_ONLY_REASON}); choose another folder")]
-    for arguments, expected in cases:
-        for json_mode in ([], ["--json"]):
-            done = subprocess.run([QGIS_PROCESS, *json_mode, "run", "mtp:extractbuildings", "--", "DEVICE=cpu",
-                                   *arguments], capture_output=True, text=True, env=env, timeout=300)
-            output = done.stdout + done.stderr
-            assert done.returncode == 1, output
-            assert output.count(expected) == 1, output  # once, not three times
-            assert "Errno" not in output and "--pixel-crs" not in output and ".mtp-" not in output, output
+    for json_mode, arguments, expected in cases:  # --json prints no log of its own: the message goes to stderr
+        done = subprocess.run([QGIS_PROCESS, *json_mode, "run", "mtp:extractbuildings", "--", "DEVICE=cpu",
+                               *arguments], capture_output=True, text=True, env=env, timeout=300)
+        output = done.stdout + done.stderr
+        assert done.returncode == 1, output
+        assert output.count(expected) == 1, output  # once, not three times
+        assert "Errno" not in output and "--pixel-crs" not in output and ".mtp-" not in output, output
