@@ -66,7 +66,8 @@ def polygons_wkt(layer: QgsMapLayer, polygons: QgsVectorLayer | None, selected_o
         try:
             geometry.transform(transform)
         except QgsCsException as exc:
-            raise AreaError(f"a polygon of {polygons.name()} cannot be expressed in {layer.name()}'s CRS ({exc})")
+            raise AreaError(f"a polygon of {polygons.name()} cannot be expressed in {layer.name()}'s CRS "
+                            f"({exc})") from None
         parts.append(geometry)
     union = QgsGeometry.unaryUnion(parts)
     if union.isEmpty():

@@ -2,33 +2,39 @@
 
 Why it is built this way (DESIGN.md "Plugin"; anchors.md, "What users complain about"):
 
-* Without torch/timm the dock still opens, says what is missing and shows the one install command (copyable) that
-  keeps QGIS's own numpy; nothing in this module imports torch unless it is installed.
+* Without torch/timm/shapely the dock still opens, says what is missing or too old, and offers "Install
+  dependencies" (:mod:`qgis_plugin.installer`); once they are installed it turns on without a restart. Nothing in
+  this module imports torch unless it is installed.
 * The compute device is always shown, with its name and memory, or why the CPU is used (complaint 2).
+* It fits a 300 px wide dock: short list entries (details in tooltips), fields under their labels when a row is too
+  narrow, plain-text labels that wrap even file names instead of asking for more width (:mod:`qgis_plugin.labels`).
 * A run is a :class:`~qgis_plugin.run_task.SegmentTask` over a :class:`~qgis_plugin.run_task.RunRequest` read from
-  the widgets here, on the GUI thread; the canvas extent and polygons become plain bounds/WKT first.
+  the widgets here, on the GUI thread; the canvas extent and polygons become plain bounds/WKT first. Whatever can be
+  checked before starting (a layer, a georeferenced file, numbers in the fields) is checked here, and errors name the
+  layer and the field to change.
+* Clicked buildings go to a new GeoPackage layer in the output folder, styled as the run's buildings, unless the
+  user picks a layer under "Add to": the plugin never writes into a layer nobody chose.
+* Messages go to the message bar as plain text, one at a time (:mod:`qgis_plugin.message_bar`).
 * Settings live in ``QgsSettings`` (``mtp/dock/...``, :mod:`qgis_plugin.settings`); the Predictor lives in
   :attr:`MTPDock.predictors` between runs.
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
 from qgis.core import Qgis, QgsApplication, QgsMapLayer, QgsMapLayerProxyModel, QgsMessageLog, QgsProject
 from qgis.gui import QgsFileWidget, QgsMapLayerComboBox
-from qgis.PyQt.QtCore import Qt, pyqtSlot
+from qgis.PyQt.QtCore import QStandardPaths, Qt, pyqtSlot
 from qgis.PyQt.QtWidgets import (
-    QApplication,
     QCheckBox,
     QComboBox,
     QDockWidget,
     QDoubleSpinBox,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
-    QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
@@ -39,23 +45,37 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .area import polygons_wkt, visible_extent
-from .environment import check_dependencies, python_executable
+from .dependencies import check_dependencies
+from .install_panel import InstallPanel
+from .installer import InstallOutcome
+from .labels import WrappingLabel
+from .layers import require_georeferenced
 from .map_tool import ClickSegmentTool
+from .message_bar import MessageBarReporter
 from .model_cache import ModelSpec, PredictorCache
-from .run_task import LOG_TAG, RunOutcome, RunRequest, SegmentTask, dock_words
+from .run_task import LOG_TAG, RunOutcome, RunRequest, SegmentTask
 from .settings import DockSettings, load_settings, save_settings
+from .wording import for_dock
 
 CHECKPOINT_FILTER = "PyTorch checkpoints (*.pth *.pt *.ckpt);;All files (*)"
-MODEL_CHOICES = (("Demo model (built in, synthetic 0.5 m scenes)", "demo"), ("Checkpoint file", "checkpoint"),
-                 ("Named architecture + weights file", "architecture"))
-AREA_CHOICES = (("Whole layer", "layer"), ("Visible map extent", "extent"), ("Features of a polygon layer", "polygons"))
-DEVICE_CHOICES = (("Auto (the first CUDA GPU, else CPU)", "auto"), ("CPU", "cpu"), ("CUDA GPU", "cuda"))
+#: (entry, value, tooltip): entries short enough for a 300 px dock, the details in the tooltip
+MODEL_CHOICES = (("Demo model", "demo", "The built-in demo model, trained on synthetic 0.5 m scenes"),
+                 ("Checkpoint file", "checkpoint", "An MTP, MAE or MMSeg checkpoint; its model card says the rest"),
+                 ("Architecture + weights", "architecture", "A named MTP architecture built with a weights file"))
+AREA_CHOICES = (("Whole layer", "layer", "Every pixel of the raster layer"),
+                ("Visible extent", "extent", "The part of the layer shown in the map"),
+                ("Polygon features", "polygons", "Only the pixels inside the features of a polygon layer"))
+DEVICE_CHOICES = (("Auto", "auto", "The first CUDA GPU, else the CPU"), ("CPU", "cpu", "The processor"),
+                  ("CUDA GPU", "cuda", "The first NVIDIA GPU"))
+NEW_LAYER = "New GeoPackage layer"
+COMBO_CHARACTERS = 10  # a combo box asks for this many characters, not for its longest entry
 
 
 def default_output_folder() -> Path:
-    """``mtp_output`` beside the saved project, else in the temporary folder."""
-    project_folder = QgsProject.instance().absolutePath()
-    return Path(project_folder or tempfile.gettempdir()) / "mtp_output"
+    """``mtp_output`` beside the saved project, else in the user's documents: never in the temporary folder, whose
+    files QGIS treats as temporary layers (and the system may delete)."""
+    folder = QgsProject.instance().absolutePath() or QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation)
+    return Path(folder or Path.home()) / "mtp_output"
 
 
 def parse_nodata(text: str) -> float | None:
@@ -65,15 +85,20 @@ def parse_nodata(text: str) -> float | None:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"Nodata value {text!r}: give a number, e.g. 0, or leave it empty") from None
+        raise ValueError(f"'Nodata' {text!r}: give a number, e.g. 0, or leave it empty") from None
 
 
-def raster_source(layer: QgsMapLayer) -> str:
-    """The GDAL dataset name the engine reads for a raster layer."""
-    if layer.providerType() != "gdal":
-        raise ValueError(f"{layer.name()} is a '{layer.providerType()}' layer, but MTP reads raster files through "
-                         "GDAL; save it as a GeoTIFF first (right-click the layer > Export > Save As…)")
-    return layer.source()
+def file_name(text: str) -> str:
+    """A layer name made safe for a file name."""
+    return re.sub(r"[^\w.-]+", "_", text).strip("._") or "layer"
+
+
+def narrow(widget: QWidget) -> QWidget:
+    """A combo box (also QGIS's layer combo) that fits a narrow dock whatever its entries."""
+    if isinstance(widget, QComboBox):
+        widget.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        widget.setMinimumContentsLength(COMBO_CHARACTERS)
+    return widget
 
 
 class MTPDock(QDockWidget):
@@ -85,53 +110,54 @@ class MTPDock(QDockWidget):
         self.setObjectName("MTPDock")  # QGIS saves docks' places by object name
         self.iface = iface
         self.predictors = PredictorCache()
+        self.messages = MessageBarReporter(iface.messageBar())
         self._scratch = tempfile.TemporaryDirectory(prefix="mtp-dock-")  # the click tool's nodata VRTs
         self.task: SegmentTask | None = None
         self.dependencies = check_dependencies()
         self._build()
-        if self.dependencies.ok:
-            from mtp_core.models import list_models
-
-            self.architecture_combo.addItems(list_models("segmentor"))
-        else:
-            self.form.setEnabled(False)
-            self.run_button.setEnabled(False)
-            self.click_button.setEnabled(False)
         self.apply_settings(load_settings())
-        self.describe_device()
+        self._engine_ready()
 
     # ------------------------------------------------------------------------------------------ widgets
     def _build(self) -> None:
         body = QWidget()
+        body.setObjectName("mtpDockBody")
         column = QVBoxLayout(body)
-        column.addWidget(self._install_panel())
+        self.install_panel = InstallPanel(body)
+        self.install_panel.installed.connect(self._installed)
+        column.addWidget(self.install_panel)
         self.form = QWidget()
         form = QFormLayout(self.form)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.setRowWrapPolicy(QFormLayout.WrapLongRows)  # a field too wide for its row goes under its label
+        form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
         self.form_layout = form
 
-        self.raster_combo = QgsMapLayerComboBox()
+        self.raster_combo = narrow(QgsMapLayerComboBox())
         self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
         form.addRow("Raster layer", self.raster_combo)
         self.bands_edit = QLineEdit()
-        self.bands_edit.setPlaceholderText("the model's own, or e.g. 3,2,1")
-        form.addRow("Bands (as R,G,B)", self.bands_edit)
+        self.bands_edit.setPlaceholderText("the model's, or 3,2,1")
+        self.bands_edit.setToolTip("the raster bands fed to the model as red, green, blue")
+        form.addRow("Bands", self.bands_edit)
         self.nodata_edit = QLineEdit()
-        self.nodata_edit.setPlaceholderText("the raster's own, or e.g. 0 for black fill")
-        self.nodata_edit.setToolTip("pixels with this value in every band are not segmented and stay nodata")
-        form.addRow("Nodata value", self.nodata_edit)
+        self.nodata_edit.setPlaceholderText("the raster's, or e.g. 0")
+        self.nodata_edit.setToolTip("pixels with this value in every band are not segmented and stay nodata "
+                                    "(e.g. 0 for the black fill around imagery)")
+        form.addRow("Nodata", self.nodata_edit)
 
         self.model_combo = self._choices(MODEL_CHOICES)
         form.addRow("Model", self.model_combo)
         self.checkpoint_widget = self._file_widget(CHECKPOINT_FILTER)
         form.addRow("Checkpoint", self.checkpoint_widget)
-        self.architecture_combo = QComboBox()
+        self.architecture_combo = narrow(QComboBox())
         form.addRow("Architecture", self.architecture_combo)
         self.weights_widget = self._file_widget(CHECKPOINT_FILTER)
         form.addRow("Weights", self.weights_widget)
 
         self.area_combo = self._choices(AREA_CHOICES)
         form.addRow("Area", self.area_combo)
-        self.polygon_combo = QgsMapLayerComboBox()
+        self.polygon_combo = narrow(QgsMapLayerComboBox())
         self.polygon_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
         form.addRow("Polygons", self.polygon_combo)
         self.selected_only_check = QCheckBox("Selected features only")
@@ -139,26 +165,27 @@ class MTPDock(QDockWidget):
 
         self.device_combo = self._choices(DEVICE_CHOICES)
         form.addRow("Device", self.device_combo)
-        self.device_label = QLabel()
-        self.device_label.setWordWrap(True)
-        self.device_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.device_label.setObjectName("mtpDeviceLabel")
-        form.addRow("", self.device_label)
+        self.device_label = WrappingLabel("mtpDeviceLabel")
+        form.addRow(self.device_label)
         self.batch_spin = self._int_spin(1, 1024, "", "tiles per step; halved on CUDA out-of-memory")
         form.addRow("Batch size", self.batch_spin)
-        self.overlap_spin = self._int_spin(-1, 4096, "the model's", "pixels shared by neighbouring tiles")
-        form.addRow("Tile overlap (px)", self.overlap_spin)
-        self.threshold_spin = self._float_spin(0.0, 1.0, 0.05, "the model's", 2)
+        self.overlap_spin = self._int_spin(-1, 4096, "model's", "pixels shared by neighbouring tiles")
+        form.addRow("Overlap (px)", self.overlap_spin)
+        self.threshold_spin = self._float_spin(0.0, 1.0, 0.05, "model's", 2)
         self.threshold_spin.setToolTip("building probability threshold; the model's own: the most probable class")
         form.addRow("Threshold", self.threshold_spin)
         self.min_area_spin = self._float_spin(0.0, 1e6, 1.0, "", 2)
+        self.min_area_spin.setToolTip("smaller polygons are dropped")
         form.addRow("Min area (m²)", self.min_area_spin)
         self.simplify_spin = self._float_spin(0.0, 100.0, 0.05, "off", 2)
+        self.simplify_spin.setToolTip("outline simplification tolerance")
         form.addRow("Simplify (m)", self.simplify_spin)
-        self.regularize_check = QCheckBox("Right-angled building outlines")
-        form.addRow("Regularize", self.regularize_check)
+        self.regularize_check = QCheckBox("Right-angled outlines")
+        self.regularize_check.setToolTip("regularize building outlines to right angles")
+        form.addRow("", self.regularize_check)
         self.output_widget = QgsFileWidget()
         self.output_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.output_widget.setToolTip("the run folders and new click layers go here")
         form.addRow("Output folder", self.output_widget)
         column.addWidget(self.form)
 
@@ -169,9 +196,8 @@ class MTPDock(QDockWidget):
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 100)
         column.addWidget(self.progress_bar)
-        self.status_label = QLabel("Ready.")
-        self.status_label.setWordWrap(True)
-        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.status_label = WrappingLabel("mtpStatusLabel")
+        self.status_label.setText("Ready.")
         column.addWidget(self.status_label)
         column.addWidget(self._click_panel())
         column.addStretch(1)
@@ -179,6 +205,7 @@ class MTPDock(QDockWidget):
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(body)
+        self.scroll_area = scroll
         self.setWidget(scroll)
         self.model_combo.currentIndexChanged.connect(self._show_model_rows)
         self.area_combo.currentIndexChanged.connect(self._show_area_rows)
@@ -188,11 +215,14 @@ class MTPDock(QDockWidget):
         """Click a roof: the map tool that adds the building under a click to a polygon layer."""
         panel = QGroupBox("Click to segment")
         form = QFormLayout(panel)
-        self.target_combo = QgsMapLayerComboBox()
+        form.setRowWrapPolicy(QFormLayout.WrapLongRows)
+        self.target_combo = narrow(QgsMapLayerComboBox())
         self.target_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
-        self.target_combo.setAllowEmptyLayer(True)
-        self.target_combo.setToolTip("the polygon layer clicked buildings go to; empty: a new layer on the first one")
-        form.addRow("Add to layer", self.target_combo)
+        self.target_combo.setAllowEmptyLayer(True, NEW_LAYER)
+        self.target_combo.setCurrentIndex(0)  # the new layer, never the project's first polygon layer
+        self.target_combo.setToolTip("the polygon layer clicked buildings go to; by default a new GeoPackage layer "
+                                     "in the output folder, styled as the run's buildings")
+        form.addRow("Add to", self.target_combo)
         self.click_button = QPushButton("Click a roof…")
         self.click_button.setObjectName("mtpClickButton")
         self.click_button.setCheckable(True)
@@ -203,34 +233,12 @@ class MTPDock(QDockWidget):
         self.click_tool: ClickSegmentTool | None = None
         return panel
 
-    def _install_panel(self) -> QGroupBox:
-        """What to install when torch/timm are missing: the command, selectable and with a Copy button."""
-        panel = QGroupBox("PyTorch is needed")
-        layout = QVBoxLayout(panel)
-        missing = ", ".join(self.dependencies.missing)
-        self.install_label = QLabel(
-            f"MTP needs {missing} in the Python that QGIS runs ({python_executable()}). Run this command in a "
-            "terminal, then restart QGIS (it leaves QGIS's own numpy as it is):")
-        self.install_label.setWordWrap(True)
-        layout.addWidget(self.install_label)
-        row = QHBoxLayout()
-        self.install_command = QLineEdit(self.dependencies.install_command)
-        self.install_command.setReadOnly(True)
-        self.install_command.setObjectName("mtpInstallCommand")
-        row.addWidget(self.install_command)
-        self.copy_button = QPushButton("Copy")
-        self.copy_button.clicked.connect(lambda: QApplication.clipboard().setText(self.install_command.text()))
-        row.addWidget(self.copy_button)
-        layout.addLayout(row)
-        panel.setVisible(not self.dependencies.ok)
-        self.install_panel = panel
-        return panel
-
     @staticmethod
-    def _choices(choices: tuple[tuple[str, str], ...]) -> QComboBox:
-        combo = QComboBox()
-        for text, value in choices:
+    def _choices(choices: tuple[tuple[str, str, str], ...]) -> QComboBox:
+        combo = narrow(QComboBox())
+        for text, value, tip in choices:
             combo.addItem(text, value)
+            combo.setItemData(combo.count() - 1, tip, Qt.ToolTipRole)
         return combo
 
     @staticmethod
@@ -275,18 +283,41 @@ class MTPDock(QDockWidget):
         self._show_row(self.polygon_combo, polygons)
         self._show_row(self.selected_only_check, polygons)
 
+    # ------------------------------------------------------------------------------------------ dependencies
+    def _engine_ready(self) -> bool:
+        """Turns the dock on when torch, timm and shapely are usable (at start, or after an installation)."""
+        self.dependencies = check_dependencies()
+        ready = self.dependencies.ok
+        if ready and self.architecture_combo.count() == 0:
+            from mtp_core.models import list_models
+
+            self.architecture_combo.addItems(list_models("segmentor"))
+            self.architecture_combo.setCurrentText(load_settings().architecture)
+        self.form.setEnabled(ready)
+        self.run_button.setEnabled(ready)
+        self.click_button.setEnabled(ready)
+        self.install_panel.refresh(self.dependencies)
+        self.describe_device()
+        return ready
+
+    def _installed(self, outcome: InstallOutcome) -> None:
+        if self._engine_ready():
+            self.report("MTP", outcome.message, Qgis.Success)
+        else:
+            self.report("MTP", outcome.message, Qgis.Warning)
+
     @pyqtSlot()
     def describe_device(self) -> None:
         """The chosen device in words: CUDA name and memory, or CPU and why no GPU is used."""
         if not self.dependencies.ok:
-            self.device_label.setText("no PyTorch: install it first (see above)")
+            self.device_label.setText("unknown until the dependencies are installed")
             return
         from mtp_core.device import describe_device, resolve_device
 
         try:
             self.device_label.setText(describe_device(resolve_device(self.device_combo.currentData())))
         except ValueError as exc:
-            self.device_label.setText(f"not usable: {dock_words(str(exc))}")
+            self.device_label.setText(f"not usable: {for_dock(str(exc))}")
 
     @pyqtSlot(str)
     def _show_predictor_device(self, text: str) -> None:
@@ -339,11 +370,14 @@ class MTPDock(QDockWidget):
         """The raster bands fed as the model's R, G, B (None: the model card's own)."""
         from mtp_core.pipeline import parse_bands
 
-        return parse_bands(self.bands_edit.text(), "Bands")
+        return parse_bands(self.bands_edit.text(), "'Bands'")
 
     def nodata(self) -> float | None:
         """The band value treated as nodata (None: the raster's own nodata)."""
         return parse_nodata(self.nodata_edit.text())
+
+    def output_folder(self) -> Path:
+        return Path(self.output_widget.filePath() or default_output_folder())
 
     def model_spec(self) -> ModelSpec:
         """The chosen model and device as plain data (a :class:`PredictorCache` key)."""
@@ -365,7 +399,7 @@ class MTPDock(QDockWidget):
     def make_request(self) -> RunRequest:
         """The run's inputs as plain values (raises ValueError with what to fix)."""
         layer = self.raster_layer()
-        raster = raster_source(layer)
+        raster = require_georeferenced(layer)
         values = self.current_settings()
         bounds = polygons = None
         if values.area == "extent":
@@ -374,8 +408,7 @@ class MTPDock(QDockWidget):
             polygons = polygons_wkt(layer, self.polygon_combo.currentLayer(), values.selected_only)
         now = datetime.now()
         return RunRequest(
-            raster=raster, layer_name=layer.name(), model=self.model_spec(),
-            out_folder=values.output_folder or str(default_output_folder()),
+            raster=raster, layer_name=layer.name(), model=self.model_spec(), out_folder=str(self.output_folder()),
             run_name=f"{Path(raster).stem}_{now:%Y%m%d-%H%M%S}", group_name=f"MTP {layer.name()} {now:%H:%M:%S}",
             bands=self.bands(), nodata=self.nodata(), bounds=bounds, polygons=polygons, min_area_m2=values.min_area_m2,
             simplify_m=values.simplify_m, regularize=values.regularize)
@@ -405,12 +438,15 @@ class MTPDock(QDockWidget):
         """The map tool for the dock's raster, model, bands and outline options; the model is the one the dock's runs
         use (built in the tool's first task when it is not cached yet). Raises ValueError with what to fix."""
         if not self.dependencies.ok:
-            raise ValueError("install PyTorch first: the command is at the top of the dock")
+            raise ValueError("install the dependencies first: 'Install dependencies' at the top of the dock")
         layer = self.raster_layer()
-        raster = raster_source(layer)
+        raster = require_georeferenced(layer)  # refused now, not after the first click
         spec, bands, nodata, values = self.model_spec(), self.bands(), self.nodata(), self.current_settings()
+        target = self.target_combo.currentLayer()
+        new_layer_path = None if target is not None else str(self._new_layer_file(layer))
         predictors = self.predictors
         nodata_vrt = Path(self._scratch.name) / f"{Path(raster).stem}_nodata.vrt"
+        names = {raster: f"'{layer.name()}'", str(nodata_vrt): f"'{layer.name()}'"}
         self.save_settings()
 
         def make_segmenter():
@@ -424,9 +460,24 @@ class MTPDock(QDockWidget):
             return segmenter
 
         status = self.iface.statusBarIface()
-        return ClickSegmentTool(self.iface.mapCanvas(), layer, make_segmenter, self.target_combo.currentLayer(),
+        return ClickSegmentTool(self.iface.mapCanvas(), layer, make_segmenter, target, new_layer_path=new_layer_path,
                                 message=lambda text: status.showMessage(text, 10000),
-                                set_active_layer=self.iface.setActiveLayer)
+                                set_active_layer=self.iface.setActiveLayer,
+                                explain=lambda error: for_dock(str(error), names))
+
+    def _new_layer_file(self, layer: QgsMapLayer) -> Path:
+        """A GeoPackage not yet written in the output folder, named after the layer, for the clicked buildings."""
+        folder = self.output_folder()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"cannot write to the output folder {folder} ({exc.strerror}): choose another "
+                             "'Output folder', or a layer under 'Add to'") from None
+        stem, n = f"{file_name(layer.name())}_buildings", 1
+        while (folder / f"{stem}.gpkg").exists():
+            n += 1
+            stem = f"{file_name(layer.name())}_buildings_{n}"
+        return folder / f"{stem}.gpkg"
 
     # ------------------------------------------------------------------------------------------ running
     def create_task(self) -> SegmentTask:
@@ -453,6 +504,7 @@ class MTPDock(QDockWidget):
             QgsMessageLog.logMessage(f"cannot start: {exc}", LOG_TAG, Qgis.Warning)
             self.report("MTP cannot start", str(exc), Qgis.Critical)
             return
+        self.messages.clear()  # the previous run's message is stale now
         QgsApplication.taskManager().addTask(task)
 
     @pyqtSlot(float)
@@ -472,6 +524,8 @@ class MTPDock(QDockWidget):
         self._set_running(False)
         self.progress_bar.setValue(100 if outcome.state == "done" else 0)
         self.status_label.setText(outcome.message)
+        if outcome.vector_path is not None:
+            self.status_label.setToolTip(str(outcome.vector_path.parent))
         if outcome.state == "done":
             self.report("MTP", outcome.message, Qgis.Success)
         elif outcome.state == "cancelled":
@@ -480,7 +534,7 @@ class MTPDock(QDockWidget):
             self.report("MTP failed", outcome.message, Qgis.Critical)
 
     def report(self, title: str, message: str, level: Qgis.MessageLevel) -> None:
-        self.iface.messageBar().pushMessage(title, message, level)
+        self.messages.show(title, message, level)
 
     def shutdown(self) -> None:
         """Before the plugin unloads: keep the settings, stop a run (it leaves nothing), free the model."""
@@ -491,5 +545,7 @@ class MTPDock(QDockWidget):
             self.task.cancel()
             self.task = None
         self.click_button.setChecked(False)  # leaves the map tool
+        self.install_panel.detach()
+        self.messages.clear()
         self.predictors.clear()
         self._scratch.cleanup()

@@ -42,7 +42,6 @@ from qgis.core import (
     QgsMessageLog,
     QgsPointXY,
     QgsProject,
-    QgsProviderRegistry,
     QgsRasterLayer,
     QgsRectangle,
     QgsTask,
@@ -55,6 +54,8 @@ from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt, QTimer, QVariant, pyqtSignal
 from qgis.PyQt.QtGui import QColor, QCursor, QKeyEvent, QKeySequence
 
+from .results import style_buildings
+
 if TYPE_CHECKING:  # the engine imports torch: it comes with the segmenter
     from mtp_core.click import ClickResult, ClickSegmenter
 
@@ -66,18 +67,10 @@ _FIELD_TYPES = {int: QVariant.Int, float: QVariant.Double, str: QVariant.String}
 SegmenterSource = Union["ClickSegmenter", Callable[[], "ClickSegmenter"]]
 
 
-def raster_path(layer: QgsRasterLayer) -> str:
-    """The file (or GDAL dataset name) behind a raster layer, which the engine opens itself."""
-    if layer.providerType() != "gdal":
-        raise ValueError(f"{layer.name()} is a {layer.providerType()} layer; click-to-segment needs a raster file "
-                         "(GeoTIFF or any raster GDAL reads)")
-    return QgsProviderRegistry.instance().decodeUri("gdal", layer.source()).get("path") or layer.source()
-
-
 def create_building_layer(crs: QgsCoordinateReferenceSystem, name: str = "buildings",
                           path: str | None = None) -> QgsVectorLayer:
-    """A polygon layer with the engine's building attributes in ``crs``: in memory, or in a GeoPackage at ``path``
-    (a layer ``name`` added to the file when it exists)."""
+    """A polygon layer with the engine's building attributes in ``crs``, styled as the dock's results: in memory, or in
+    a GeoPackage at ``path`` (a layer ``name`` added to the file when it exists)."""
     from mtp_core.click import FIELDS
 
     fields = QgsFields()
@@ -98,6 +91,7 @@ def create_building_layer(crs: QgsCoordinateReferenceSystem, name: str = "buildi
         layer = QgsVectorLayer(f"{path}|layername={name}", name, "ogr")
     if not layer.isValid():
         raise OSError(f"cannot create the building layer {name}" + (f" in {path}" if path else ""))
+    style_buildings(layer)
     return layer
 
 
@@ -134,7 +128,8 @@ class ClickSegmentTool(QgsMapTool):
     when None, one is made on the first building (:func:`create_building_layer`: in memory, or a GeoPackage at
     ``new_layer_path``) and added to the project. ``message(text)`` shows status lines, e.g.
     ``iface.statusBarIface().showMessage``. ``set_active_layer(layer)``: makes the target layer the active one
-    (``iface.setActiveLayer``), so QGIS's Ctrl+Z acts on it. ``synchronous``: every click in the calling thread
+    (``iface.setActiveLayer``), so QGIS's Ctrl+Z acts on it. ``explain(error)``: a failure in the user's words (the
+    dock names its fields and the layer, not its temporary files). ``synchronous``: every click in the calling thread
     (no task). ``preview``: draw the building under the pointer when its tiles are cached.
     """
 
@@ -143,8 +138,8 @@ class ClickSegmentTool(QgsMapTool):
     def __init__(self, canvas: QgsMapCanvas, raster_layer: QgsRasterLayer, segmenter: SegmenterSource,
                  layer: QgsVectorLayer | None = None, *, new_layer_path: str | None = None,
                  message: Callable[[str], None] | None = None,
-                 set_active_layer: Callable[[QgsMapLayer], object] | None = None, synchronous: bool = False,
-                 preview: bool = True) -> None:
+                 set_active_layer: Callable[[QgsMapLayer], object] | None = None,
+                 explain: Callable[[Exception], str] = str, synchronous: bool = False, preview: bool = True) -> None:
         super().__init__(canvas)
         if layer is not None and layer.geometryType() != QgsWkbTypes.PolygonGeometry:
             raise ValueError(f"{layer.name()} is not a polygon layer; buildings are polygons")
@@ -157,6 +152,7 @@ class ClickSegmentTool(QgsMapTool):
         self.last_result: ClickResult | None = None
         self._say = message if message is not None else (lambda text: None)
         self._set_active_layer = set_active_layer
+        self._explain = explain
         if callable(segmenter):
             self._segmenter: ClickSegmenter | None = None
             self._make_segmenter = segmenter
@@ -299,7 +295,7 @@ class ClickSegmentTool(QgsMapTool):
 
     def _fail(self, error: Exception) -> None:
         QgsMessageLog.logMessage(f"click-to-segment failed: {error!r}", LOG_TAG, Qgis.Warning)
-        self._say(f"segmenting failed: {error}")
+        self._say(f"segmenting failed: {self._explain(error)}")
 
     def _handle(self, result: ClickResult, started: float) -> None:
         self.last_result = result
@@ -311,15 +307,18 @@ class ClickSegmentTool(QgsMapTool):
         self._add(result, started)
 
     def _add(self, result: ClickResult, started: float) -> None:
-        layer = self._target_layer()
+        try:
+            layer = self._target_layer()
+        except OSError as exc:  # e.g. the new layer's GeoPackage cannot be written
+            self._fail(exc)
+            return
         geometry = _geometry(result)
         if layer.crs() != self.raster_crs:
             geometry.transform(QgsCoordinateTransform(self.raster_crs, layer.crs(), QgsProject.instance()))
         if QgsWkbTypes.isMultiType(layer.wkbType()):
             geometry.convertToMultiType()
-        duplicate = _same_polygon(layer, geometry)
-        if duplicate is not None:
-            self._say(f"this {result.class_name} is already in {layer.name()} (feature {duplicate})")
+        if _holds_same_polygon(layer, geometry):
+            self._say(f"this {result.class_name} is already in {layer.name()}")
             return
         feature = QgsFeature(layer.fields())
         feature.setGeometry(geometry)
@@ -395,8 +394,8 @@ def _geometry(result: ClickResult) -> QgsGeometry:
     return geometry
 
 
-def _same_polygon(layer: QgsMapLayer, geometry: QgsGeometry) -> int | None:
-    """Id of a feature of ``layer`` that is this polygon already (IoU above DUPLICATE_IOU), else None."""
+def _holds_same_polygon(layer: QgsMapLayer, geometry: QgsGeometry) -> bool:
+    """Whether a feature of ``layer`` is this polygon already (IoU above DUPLICATE_IOU)."""
     request = QgsFeatureRequest().setFilterRect(geometry.boundingBox()).setNoAttributes()
     area = geometry.area()
     for feature in layer.getFeatures(request):
@@ -404,5 +403,5 @@ def _same_polygon(layer: QgsMapLayer, geometry: QgsGeometry) -> int | None:
         shared = geometry.intersection(other).area()
         union = area + other.area() - shared
         if union > 0 and shared / union > DUPLICATE_IOU:
-            return feature.id()
-    return None
+            return True
+    return False

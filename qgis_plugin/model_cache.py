@@ -44,14 +44,8 @@ class ModelSpec:
 def build_predictor(spec: ModelSpec) -> Predictor:
     from mtp_core.inference import Predictor
 
-    options = {"device": spec.device, "batch_size": spec.batch_size, "overlap": spec.overlap,
-               "threshold": spec.threshold}
-    if not spec.architecture:
-        return Predictor.from_checkpoint(spec.checkpoint, **options)
-    from mtp_core.checkpoint import load_model
-
-    model, card, _ = load_model(spec.checkpoint, architecture=spec.architecture)
-    return Predictor(model, card, **options)
+    return Predictor.from_checkpoint(spec.checkpoint, architecture=spec.architecture, device=spec.device,
+                                     batch_size=spec.batch_size, overlap=spec.overlap, threshold=spec.threshold)
 
 
 class PredictorCache:
@@ -71,6 +65,11 @@ class PredictorCache:
                 self._predictor = build_predictor(spec)
                 self._key = key
             return self._predictor
+
+    def holds(self, spec: ModelSpec) -> bool:
+        """Whether :meth:`get` would return the cached Predictor for ``spec`` (no loading)."""
+        with self._lock:
+            return self._key is not None and self._key == spec.key()
 
     def clear(self) -> None:
         with self._lock:

@@ -1,5 +1,6 @@
-"""The plugin object QGIS loads: menu and toolbar entries, the dock and the Processing provider, all removed again on
-unload. The dock is made the first time its action is used, so it never opens by itself when QGIS starts."""
+"""The plugin object QGIS loads: menu and toolbar entries, the dock, the environment dialog and the Processing
+provider, all removed again on unload. The dock is made the first time its action is used, so it never opens by
+itself when QGIS starts."""
 from __future__ import annotations
 
 import os
@@ -7,14 +8,17 @@ import os
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction, QMessageBox
+from qgis.PyQt.QtWidgets import QAction
 
+from .dependencies import check_dependencies
 from .dock import MTPDock
-from .environment import check_dependencies, environment_report
+from .environment_dialog import EnvironmentDialog
+from .log_book import log_book
 from .processing import MTPProvider
 
 MENU = "&MTP for QGIS"
 LOG_TAG = "MTP"
+HERE = os.path.dirname(__file__)
 
 
 class MTPPlugin:
@@ -24,6 +28,7 @@ class MTPPlugin:
         self.provider: MTPProvider | None = None
         self.dock: MTPDock | None = None
         self.dock_action: QAction | None = None
+        self.environment_dialog: EnvironmentDialog | None = None
 
     def initProcessing(self) -> None:  # noqa: N802  (QGIS API: qgis_process calls only this one)
         if self.provider is None:
@@ -31,16 +36,17 @@ class MTPPlugin:
             QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self) -> None:  # noqa: N802  (QGIS API)
+        log_book.start()
         self.initProcessing()
-        icon = QIcon(os.path.join(os.path.dirname(__file__), "icon.svg"))
-        self.dock_action = QAction(icon, "Segment raster (MTP dock)", self.iface.mainWindow())
+        self.dock_action = QAction(QIcon(os.path.join(HERE, "icon.svg")), "Segment raster (MTP dock)",
+                                   self.iface.mainWindow())
         self.dock_action.setObjectName("mtpDockAction")
         self.dock_action.setToolTip("Show or hide the MTP dock: segment a raster layer into buildings")
         self.dock_action.setCheckable(True)
         self.dock_action.toggled.connect(self.show_dock)
-        action = QAction(icon, "MTP environment…", self.iface.mainWindow())
+        action = QAction(QIcon(os.path.join(HERE, "environment.svg")), "MTP environment…", self.iface.mainWindow())
         action.setObjectName("mtpEnvironmentAction")
-        action.setToolTip("Versions, the compute device used by MTP, or what to install")
+        action.setToolTip("Diagnostics (versions, device, folders), Install dependencies, package sources")
         action.triggered.connect(self.show_environment)
         for entry in (self.dock_action, action):
             self.iface.addPluginToRasterMenu(MENU, entry)
@@ -48,9 +54,13 @@ class MTPPlugin:
             self.actions.append(entry)
         status = check_dependencies()
         if not status.ok:
-            QgsMessageLog.logMessage(environment_report(), LOG_TAG, Qgis.Warning)
+            QgsMessageLog.logMessage(f"{status.summary()} Use 'Install dependencies' in the MTP dock.", LOG_TAG,
+                                     Qgis.Warning)
 
     def unload(self) -> None:
+        if self.environment_dialog is not None:
+            self.environment_dialog.close()
+            self.environment_dialog = None
         if self.dock is not None:
             self.dock.shutdown()
             self.iface.removeDockWidget(self.dock)
@@ -65,6 +75,7 @@ class MTPPlugin:
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)  # the registry deletes it
             self.provider = None
+        log_book.stop()
 
     def show_dock(self, visible: bool) -> None:
         if self.dock is None:
@@ -76,8 +87,12 @@ class MTPPlugin:
         self.dock.setVisible(visible)
 
     def show_environment(self) -> None:
-        report = environment_report()
-        QgsMessageLog.logMessage(report, LOG_TAG, Qgis.Info)
-        box = QMessageBox(QMessageBox.Information, "MTP environment", report, QMessageBox.Ok, self.iface.mainWindow())
-        box.setTextInteractionFlags(Qt.TextSelectableByMouse)  # so the install command can be copied
-        box.exec_()
+        """The environment dialog (one at a time, not modal: an installation can run while QGIS is used)."""
+        if self.environment_dialog is None:
+            dialog = EnvironmentDialog(self.iface.mainWindow())
+            dialog.setAttribute(Qt.WA_DeleteOnClose)
+            dialog.destroyed.connect(lambda: setattr(self, "environment_dialog", None))
+            self.environment_dialog = dialog
+        self.environment_dialog.show()
+        self.environment_dialog.raise_()
+        self.environment_dialog.activateWindow()

@@ -22,12 +22,13 @@ from qgis.PyQt.QtGui import QColor
 BUILDING_COLOUR = QColor(255, 64, 32)
 
 
-def add_result_layers(group_name: str, mask_path: Path, vector_path: Path,
+def add_result_layers(group_name: str, layer_name: str, mask_path: Path, vector_path: Path,
                       project: QgsProject | None = None) -> QgsLayerTreeGroup:
-    """A group on top of the layer tree holding the buildings over the class raster."""
+    """A group on top of the layer tree holding the buildings over the class raster, named after the raster layer
+    (its name in the Layers panel, not its file's)."""
     project = project or QgsProject.instance()
-    mask = QgsRasterLayer(str(mask_path), f"{mask_path.stem} (classes)", "gdal")
-    buildings = QgsVectorLayer(str(vector_path), vector_path.stem, "ogr")  # the engine's one layer
+    mask = QgsRasterLayer(str(mask_path), f"{layer_name} classes", "gdal")
+    buildings = QgsVectorLayer(str(vector_path), f"{layer_name} buildings", "ogr")  # the engine's one layer
     for layer in (mask, buildings):
         if not layer.isValid():
             raise OSError(f"QGIS cannot open the output {layer.source()}; check the output folder")

@@ -13,7 +13,6 @@ Why it is built this way (see DESIGN.md "Plugin" and the users' complaints 1, 2 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -28,30 +27,12 @@ from qgis.PyQt.QtCore import pyqtSignal
 from .area import Bounds, clip_raster
 from .model_cache import ModelSpec, PredictorCache
 from .results import add_result_layers
+from .wording import for_dock
 
 if TYPE_CHECKING:
     from mtp_core.progress import Progress
 
 LOG_TAG = "MTP"
-
-#: The engine's messages name CLI options; a dock user sets fields instead.
-_CLI_WORDS = (
-    (re.compile(r"pass --bands with (\d+) band numbers, e\.g\. --bands ([\d,]+)"),
-     r"enter \1 band numbers under 'Bands', e.g. \2"),
-    (re.compile(r"with --bands\b"), "under 'Bands'"),
-    (re.compile(r"--bands\b"), "'Bands'"),
-    (re.compile(r"--device cpu\b"), "Device CPU"),
-    (re.compile(r"another --out\b"), "another output folder"),
-    (re.compile(r"use --pixel-crs to go on in pixel units"),
-     "run Processing's 'Extract buildings' with PIXEL_CRS=true to go on in pixel units"),
-)
-
-
-def dock_words(message: str) -> str:
-    for pattern, replacement in _CLI_WORDS:
-        message = pattern.sub(replacement, message)
-    return message
-
 
 @dataclass(frozen=True)
 class RunRequest:
@@ -108,21 +89,33 @@ class SegmentTask(QgsTask):
                 out.mkdir(parents=True, exist_ok=True)
                 work = Path(tempfile.mkdtemp(dir=out, prefix=".mtp-"))
             except OSError as exc:
-                raise OSError(f"cannot write to the output folder {out} ({exc.strerror}): choose another one") from exc
+                raise OSError(f"cannot write to the output folder {out} ({exc.strerror}): choose another "
+                              "'Output folder'") from exc
             self.outcome = self._segment(work, out)
         except Cancelled:
             self.outcome = RunOutcome("cancelled", "Cancelled: no file was written and no layer added.")
         except (ValueError, OSError) as exc:  # the engine's messages say what to do
-            self.outcome = RunOutcome("failed", dock_words(str(exc)))
+            self.outcome = RunOutcome("failed", for_dock(str(exc), self._names(work)))
         except Exception as exc:  # noqa: BLE001  (a bug: the message bar says where the traceback is)
+            detail = for_dock(str(exc), self._names(work))
             self.outcome = RunOutcome(
-                "failed", f"MTP failed unexpectedly ({type(exc).__name__}: {exc}). The traceback is in the Log "
+                "failed", f"MTP failed unexpectedly ({type(exc).__name__}: {detail}). The traceback is in the Log "
                           "Messages panel, tab MTP; please report it with the plugin's bug tracker.",
                 traceback.format_exc())
         finally:
             if work is not None:
                 shutil.rmtree(work, ignore_errors=True)
         return self.outcome.state == "done"
+
+    def _names(self, work: Path | None) -> dict[str, str]:
+        """The layer's name for its file and for the run's temporary files (the VRTs of its area, and those the engine
+        makes of it in hidden folders while it writes); the output folder for the files being written."""
+        layer = f"'{self.request.layer_name}'"
+        names = {self.request.raster: layer}
+        if work is not None:
+            names.update({str(work): layer, str(work / "out"): f"the output folder {self.request.out_folder}",
+                          str(work / "out" / ".mtp-"): layer})
+        return names
 
     def _segment(self, work: Path, out: Path) -> RunOutcome:
         from mtp_core.pipeline import extract_buildings
@@ -131,6 +124,8 @@ class SegmentTask(QgsTask):
         self.progress_text.emit("loading the model…")
         predictor = self.predictors.get(request.model)
         self.device_text.emit(predictor.describe())
+        if lines := predictor.weights_summary():  # what loading the checkpoint did, in the MTP log
+            QgsMessageLog.logMessage("\n".join(lines), LOG_TAG, Qgis.Info)
         raster = request.raster
         if request.bounds is not None or request.polygons is not None:
             raster = clip_raster(raster, work / "area" / f"{Path(raster).stem}.vrt", request.bounds, request.polygons)
@@ -142,9 +137,9 @@ class SegmentTask(QgsTask):
         final = free_name(out / request.run_name)
         os.replace(work / "out", final)
         stats = result.prediction.stats
-        return RunOutcome(
+        return RunOutcome(  # the run's folder by name: a full path would not wrap in a narrow dock (the log has it)
             "done", f"{result.buildings} buildings in {time.perf_counter() - started:.1f} s ({stats.tiles_run} tiles, "
-                    f"{stats.tiles_per_s:.1f} tiles/s on {stats.device.split(',')[0]}) → {final}",
+                    f"{stats.tiles_per_s:.1f} tiles/s on {stats.device.split(',')[0]}) in {final.name}",
             mask_path=final / result.mask_path.name, vector_path=final / result.vector_path.name,
             buildings=result.buildings)
 
@@ -160,11 +155,13 @@ class SegmentTask(QgsTask):
         outcome = self.outcome or RunOutcome("cancelled", "Cancelled before it started: nothing was written.")
         if outcome.state == "done":
             try:
-                add_result_layers(self.request.group_name, outcome.mask_path, outcome.vector_path)
+                add_result_layers(self.request.group_name, self.request.layer_name, outcome.mask_path,
+                                  outcome.vector_path)
             except OSError as exc:
                 outcome = RunOutcome("failed", str(exc))
         level = {"done": Qgis.Success, "cancelled": Qgis.Info, "failed": Qgis.Critical}[outcome.state]
-        log = f"{self.request.layer_name}: {outcome.message}"
+        log = f"{self.request.layer_name}: {outcome.message}" + (
+            f" ({outcome.vector_path.parent})" if outcome.vector_path else "")
         QgsMessageLog.logMessage(f"{log}\n{outcome.details}" if outcome.details else log, LOG_TAG, level)
         if self.on_done is not None:
             self.on_done(outcome)

@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-# qgis: only for qgis_process (call /usr/bin/qgis_process.bin: Debian's qgis_process wrapper fails headless)
-APT_PKGS="python3-qgis qgis-providers python3-gdal gdal-bin python3-venv qgis"
+# qgis: the desktop and qgis_process (call /usr/bin/qgis_process.bin: Debian's qgis_process wrapper fails headless);
+# xvfb, xauth, x11-utils: the desktop test runs the real qgis binary on a virtual X screen with OpenGL (Mesa comes
+# with qgis) and checks with xdpyinfo that the screen offers GLX
+APT_PKGS="python3-qgis qgis-providers python3-gdal gdal-bin python3-venv qgis xvfb xauth x11-utils"
 if ! dpkg -s $APT_PKGS >/dev/null 2>&1; then
   echo "setup: installing Debian packages: $APT_PKGS"
   $SUDO apt-get update -qq

@@ -143,9 +143,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"device: {predictor.describe()}")
     print(f"model: {predictor.card.description or predictor.card.architecture} "
           f"({predictor.card.tile} px tiles, overlap {predictor.overlap}, {predictor.card.gsd_m} m/px)")
-    report = predictor.load_report
-    if report is not None and (report.missing or report.dropped or report.resized or report.notes):
-        print("\n".join(f"  {line}" for line in report.summary().splitlines()))
+    for line in predictor.weights_summary():
+        print(f"  {line}")
     if count > 1:
         print(f"shard {index}/{count}: {len(rasters)} raster(s)")
     failures: list[Failure] = []

@@ -152,14 +152,25 @@ class Predictor:
         return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> "Predictor":
-        """A predictor for a checkpoint file; refused when the file has no trained decoder (its predictions would be
-        random), with the report of what loading did in :attr:`load_report`."""
+    def from_checkpoint(cls, path: str | Path, architecture: str | None = None, **kwargs: Any) -> "Predictor":
+        """A predictor for a checkpoint file (built as ``architecture`` when given, else as the file says);
+        refused when the file has no trained decoder (its predictions would be random), with the report of what
+        loading did in :attr:`load_report`."""
         from mtp_core.checkpoint import load_model, require_decoder
 
-        model, card, report = load_model(path)
+        model, card, report = load_model(path, architecture=architecture or None)
         require_decoder(report, card.architecture)
         return cls(model, card, load_report=report, **kwargs)
+
+    def weights_summary(self) -> list[str]:
+        """What loading the checkpoint did, for a log: one line, or the whole report when something was resized,
+        dropped, left missing or noted."""
+        report = self.load_report
+        if report is None:
+            return []
+        if report.missing or report.dropped or report.resized or report.notes or getattr(report, "unused", None):
+            return report.summary().splitlines()
+        return [f"weights: {len(report.loaded)} tensors from {report.source} ({report.layout})"]
 
     def describe(self) -> str:
         precision = {None: "float32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]

@@ -5,21 +5,23 @@ Why it is built this way:
 * Ids (``mtp:segment``, ``mtp:extractbuildings``, ``mtp:vectorize``, ``mtp:evaluate``) and parameter names are API:
   models, batch files and ``qgis_process`` command lines store them. Never rename them.
 * torch and the engine are imported only inside ``processAlgorithm``. The provider then loads when torch is
-  missing, and each run says exactly what to install.
-* ``extractbuildings`` runs the engine's own ``extract_buildings`` in a temporary folder beside OUTPUT and moves its
-  files into place. Its polygons are therefore those of ``mtp predict``, and a failed or cancelled run leaves nothing.
-* Errors a user can fix (the engine's ``ValueError``/``OSError``: a raster without georeference, a missing
-  checkpoint, a wrong band count ...) become ``QgsProcessingException`` with the engine's message. The CLI option
-  names in it are replaced by the parameter names. A cancel becomes one too, so no output is reported.
+  missing, and each run says what is missing and where to install it.
+* The model is loaded once for many runs (:data:`PREDICTORS`): the batch dialog and the modeler run an algorithm
+  once per raster, each time in a new instance, with the same checkpoint and device.
+* ``extractbuildings`` and ``vectorize`` run the engine's own functions in a temporary folder and copy its polygons
+  into a feature sink: any format QGIS writes, or a temporary layer in the modeler. Its polygons are therefore those
+  of ``mtp predict``, and a failed or cancelled run leaves nothing.
+* File outputs are checked before the model runs: a folder that cannot be written (read-only, missing rights) is
+  named with its parameter, not met later as a raw ``[Errno 30]``.
+* Errors a user can fix become ``QgsProcessingException`` naming the parameter and layer, said once
+  (:mod:`qgis_plugin.processing.errors`).
 """
 from __future__ import annotations
 
-import contextlib
-import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
@@ -43,12 +45,15 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
-    QgsProcessingParameterVectorDestination,
+    QgsProcessingUtils,
+    QgsVectorLayer,
     QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QVariant
 
-from ..environment import check_dependencies, environment_report
+from ..dependencies import check_dependencies
+from ..model_cache import ModelSpec, PredictorCache
+from .errors import engine_errors
 
 if TYPE_CHECKING:  # the engine imports torch: only inside processAlgorithm at run time
     from mtp_core.inference import Predictor, RunStats
@@ -57,47 +62,43 @@ if TYPE_CHECKING:  # the engine imports torch: only inside processAlgorithm at r
 DEVICES = ["auto", "cpu", "cuda"]
 RULES = ["spacenet", "spacenet1"]
 RASTER_SUFFIXES = (".tif", ".tiff")
-VECTOR_SUFFIXES = (".gpkg", ".geojson", ".shp")
+VECTOR_SUFFIXES = (".gpkg", ".geojson", ".shp")  # what the engine reads (mtp:evaluate)
 TAGS = ["mtp", "buildings", "segmentation", "deep learning", "remote sensing", "vectorize"]
 
-#: The engine's messages name CLI options; a Processing user sets parameters instead.
-_CLI_WORDS = (
-    (re.compile(r"--bands (\d[\d,]*)"), r"BANDS=\1"),
-    (re.compile(r"--bands\b"), "BANDS"),
-    (re.compile(r"--pixel-crs\b"), "PIXEL_CRS=true"),
-    (re.compile(r"--nodata\b"), "NODATA"),
-    (re.compile(r"--device cpu\b"), "DEVICE=cpu"),
-)
-
-
-def processing_words(message: str) -> str:
-    for pattern, replacement in _CLI_WORDS:
-        message = pattern.sub(replacement, message)
-    return message
+#: The provider's model, kept between runs (see the module docstring).
+PREDICTORS = PredictorCache()
 
 
 def require_engine() -> None:
-    """Stop with the install command when torch/timm/shapely are missing (before anything imports them)."""
-    if not check_dependencies().ok:
-        raise QgsProcessingException(environment_report())
-
-
-@contextlib.contextmanager
-def engine_errors() -> Iterator[None]:
-    """Engine errors a user can fix, and cancels, as ``QgsProcessingException`` with a message that says what to do."""
-    from mtp_core.progress import Cancelled
-
-    try:
-        yield
-    except Cancelled as exc:
-        raise QgsProcessingException("Cancelled by the user; no output was written.") from exc
-    except (ValueError, OSError) as exc:
-        raise QgsProcessingException(processing_words(str(exc))) from exc
+    """Stop with what is missing and where to install it (before anything imports torch)."""
+    status = check_dependencies()
+    if not status.ok:
+        raise QgsProcessingException(
+            f"{status.summary()} Install them with 'Install dependencies' in the MTP dock or in Raster > MTP for "
+            "QGIS > MTP environment… (the README says how to install them by hand, e.g. for qgis_process).")
 
 
 def advanced(parameter: QgsProcessingParameterDefinition) -> QgsProcessingParameterDefinition:
     parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
     return parameter
+
+
+def is_file_destination(value: str) -> bool:
+    """A destination that is a file path (not a temporary layer or a provider URI such as postgres:...)."""
+    return bool(value) and not value.startswith(("memory:", "TEMPORARY_OUTPUT", "postgres:", "spatialite:", "ogr:",
+                                                 "postgis:", "mssql:", "oracle:"))
+
+
+def require_writable_folder(path: Path, parameter: str) -> None:
+    """Fails now, naming the parameter, when the destination's folder cannot be written."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mtp-write-test-"):
+            pass
+    except OSError as exc:
+        raise QgsProcessingException(
+            f"{parameter}: cannot write to the folder {folder} ({exc.strerror}); choose another folder") from None
 
 
 class MTPAlgorithm(QgsProcessingAlgorithm):
@@ -109,6 +110,10 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
     ALG_ID = ""
     TITLE = ""
     HELP = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: dict[str, str] = {}  # the run's files and temporary folders -> the parameter (and layer)
 
     def name(self) -> str:
         return self.ALG_ID
@@ -127,8 +132,8 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        require_engine()
-        with engine_errors():
+        with engine_errors(self.names):
+            require_engine()
             return self.run_engine(parameters, context, feedback)
 
     # ------------------------------------------------------------------------------------------ parameters
@@ -160,7 +165,8 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
 
     # ------------------------------------------------------------------------------------------ values
     def raster_source(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext) -> str | None:
-        """The GDAL dataset name of a raster parameter (None when an optional one is not set)."""
+        """The GDAL dataset name of a raster parameter (None when an optional one is not set); errors about its file
+        will name the parameter and the layer."""
         layer = self.parameterAsRasterLayer(parameters, name, context)
         if layer is None:
             return None
@@ -168,11 +174,13 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(
                 f"{name}: {layer.name()} is a '{layer.providerType()}' layer, but MTP reads raster files through "
                 "GDAL; save it as a GeoTIFF first (right-click the layer > Export > Save As…)")
+        self.names[layer.source()] = f"{name} ({layer.name()})"
         return layer.source()
 
     def output_path(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext,
                     suffixes: tuple[str, ...]) -> Path | None:
-        """The file a destination parameter asks for (None when an optional one is not set)."""
+        """The file a destination parameter asks for (None when an optional one is not set), in a folder that can
+        be written."""
         value = self.parameterAsOutputLayer(parameters, name, context)
         if not value:
             return None
@@ -181,7 +189,51 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(
                 f"{name}: MTP writes {', '.join(suffixes)} files, not {value}; choose 'Save to File…' with one of "
                 "these extensions")
+        require_writable_folder(path, name)
+        self.names[str(path)] = f"{name} ({path})"
         return path
+
+    def check_sink(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext) -> None:
+        """Fails before the model runs when a feature sink's file cannot be written."""
+        value = self.parameterAsOutputLayer(parameters, name, context)
+        if is_file_destination(value):
+            require_writable_folder(Path(value.split("|")[0]), name)
+
+    def work_folder(self, input_words: str) -> tempfile.TemporaryDirectory:
+        """A temporary folder for the engine's files, whose paths errors call ``input_words`` (the files there that
+        errors can name are the engine's VRTs of the input)."""
+        work = tempfile.TemporaryDirectory(dir=QgsProcessingUtils.tempFolder(), prefix=".mtp-")
+        self.names[work.name] = input_words
+        return work
+
+    def copy_to_sink(self, source: Path, parameters: dict[str, Any], name: str, context: QgsProcessingContext,
+                     feedback: QgsProcessingFeedback) -> tuple[str, int]:
+        """The engine's vector file copied into the feature sink ``name`` (its fields without the GeoPackage fid);
+        the sink's id and the number of features."""
+        from mtp_core.progress import Cancelled
+
+        layer = QgsVectorLayer(str(source), "engine", "ogr")
+        if not layer.isValid():
+            raise QgsProcessingException(f"{name}: QGIS cannot read the engine's output {source.name}")
+        fields = QgsFields()
+        for field in layer.fields():
+            if field.name().lower() != "fid":
+                fields.append(field)
+        sink, dest_id = self.parameterAsSink(parameters, name, context, fields, layer.wkbType(), layer.crs())
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, name))
+        count = 0
+        for feature in layer.getFeatures():
+            if feedback.isCanceled():
+                raise Cancelled()
+            out = QgsFeature(fields)
+            out.setGeometry(feature.geometry())
+            out.setAttributes([feature[field.name()] for field in fields])
+            if not sink.addFeature(out, QgsFeatureSink.FastInsert):
+                raise QgsProcessingException(f"{name}: cannot write a feature ({sink.lastError()})")
+            count += 1
+        del layer  # closes the engine's file before its folder goes
+        return dest_id, count
 
     def nodata(self, parameters: dict[str, Any], context: QgsProcessingContext) -> float | None:
         """NODATA, or None when it is not set (``parameterAsDouble`` would give 0 for that)."""
@@ -201,18 +253,23 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
 
     def load_predictor(self, parameters: dict[str, Any], context: QgsProcessingContext,
                        feedback: QgsProcessingFeedback) -> Predictor:
-        """The model on the chosen device, which is reported first (users must always see what runs the model)."""
-        from mtp_core.inference import Predictor
+        """The model on the chosen device, which is reported first (users must always see what runs the model);
+        loaded once for consecutive runs with the same checkpoint, device and batch size."""
         from mtp_core.weights import DEMO_CHECKPOINT
 
         checkpoint = self.parameterAsFile(parameters, "CHECKPOINT", context) or str(DEMO_CHECKPOINT)
-        predictor = Predictor.from_checkpoint(
-            checkpoint, device=self.parameterAsEnumString(parameters, "DEVICE", context),
-            batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context))
+        self.names[checkpoint] = f"CHECKPOINT ({checkpoint})"
+        spec = ModelSpec(checkpoint, device=self.parameterAsEnumString(parameters, "DEVICE", context),
+                         batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context))
+        loaded = PREDICTORS.holds(spec)
+        predictor = PREDICTORS.get(spec)
         card = predictor.card
         feedback.pushInfo(f"device: {predictor.describe()}")
         feedback.pushInfo(f"model: {card.description or card.architecture} ({card.tile} px tiles, overlap "
-                          f"{predictor.overlap}, {card.gsd_m} m/px) from {checkpoint}")
+                          f"{predictor.overlap}, {card.gsd_m} m/px) from {checkpoint}"
+                          + ("; already loaded by an earlier run" if loaded else ""))
+        for line in predictor.weights_summary():
+            feedback.pushInfo(line)
         return predictor
 
 
@@ -248,6 +305,7 @@ class SegmentAlgorithm(MTPAlgorithm):
         raster = self.raster_source(parameters, "INPUT", context)
         mask = self.output_path(parameters, "OUTPUT", context, RASTER_SUFFIXES)
         probs = self.output_path(parameters, "PROBABILITIES", context, RASTER_SUFFIXES)
+        self.names[str(mask.parent / ".mtp-")] = self.names[raster]  # the engine's VRTs of the input, beside OUTPUT
         predictor = self.load_predictor(parameters, context, feedback)
         prediction = predict_raster(
             predictor, raster, mask, probs, bands=self.bands(parameters, context),
@@ -268,7 +326,7 @@ class ExtractBuildingsAlgorithm(MTPAlgorithm):
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
         self.add_model_parameters()
         self.add_vector_options()
-        self.addParameter(QgsProcessingParameterVectorDestination(
+        self.addParameter(QgsProcessingParameterFeatureSink(
             "OUTPUT", "Buildings", QgsProcessing.TypeVectorPolygon))
         self.addParameter(QgsProcessingParameterRasterDestination(
             "MASK", "Class raster", optional=True, createByDefault=False))
@@ -276,29 +334,23 @@ class ExtractBuildingsAlgorithm(MTPAlgorithm):
 
     def run_engine(self, parameters: dict[str, Any], context: QgsProcessingContext,
                    feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        from mtp_core.io import read_vector, write_vector
         from mtp_core.pipeline import extract_buildings
 
         raster = self.raster_source(parameters, "INPUT", context)
-        output = self.output_path(parameters, "OUTPUT", context, VECTOR_SUFFIXES)
+        self.check_sink(parameters, "OUTPUT", context)
         mask = self.output_path(parameters, "MASK", context, RASTER_SUFFIXES)
         predictor = self.load_predictor(parameters, context, feedback)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=output.parent, prefix=".mtp-") as tmp:
+        with self.work_folder(self.names[raster]) as work:
             result = extract_buildings(
-                predictor, raster, tmp, bands=self.bands(parameters, context),
+                predictor, raster, work, bands=self.bands(parameters, context),
                 pixel_crs=self.parameterAsBoolean(parameters, "PIXEL_CRS", context),
                 nodata=self.nodata(parameters, context), progress=tile_progress(feedback),
                 cancel=feedback.isCanceled, **self.vector_options(parameters, context))
+            output, count = self.copy_to_sink(result.vector_path, parameters, "OUTPUT", context, feedback)
             if mask is not None:
                 shutil.move(result.mask_path, mask)
-            if output.suffix.lower() == ".gpkg":
-                shutil.move(result.vector_path, output)
-            else:  # the engine's GeoPackage, rewritten by the engine's writer in the chosen format
-                write_vector(output, *read_vector(result.vector_path), layer_name="buildings")
-        feedback.pushInfo(f"{run_summary(result.prediction.stats, result.prediction.km2)}; {result.buildings} "
-                          f"buildings -> {output}")
-        return {"OUTPUT": str(output), "MASK": str(mask) if mask else None, "BUILDINGS": result.buildings}
+        feedback.pushInfo(f"{run_summary(result.prediction.stats, result.prediction.km2)}; {count} buildings")
+        return {"OUTPUT": output, "MASK": str(mask) if mask else None, "BUILDINGS": count}
 
 
 class VectorizeAlgorithm(MTPAlgorithm):
@@ -313,8 +365,7 @@ class VectorizeAlgorithm(MTPAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(
             "PROBABILITIES", "Probabilities (uint8, P × 255) for the score attribute", optional=True))
         self.add_vector_options()
-        self.addParameter(QgsProcessingParameterVectorDestination(
-            "OUTPUT", "Polygons", QgsProcessing.TypeVectorPolygon))
+        self.addParameter(QgsProcessingParameterFeatureSink("OUTPUT", "Polygons", QgsProcessing.TypeVectorPolygon))
         self.addOutput(QgsProcessingOutputNumber("POLYGONS", "Polygons written"))
 
     def run_engine(self, parameters: dict[str, Any], context: QgsProcessingContext,
@@ -323,13 +374,16 @@ class VectorizeAlgorithm(MTPAlgorithm):
 
         mask = self.raster_source(parameters, "INPUT", context)
         probs = self.raster_source(parameters, "PROBABILITIES", context)
-        output = self.output_path(parameters, "OUTPUT", context, VECTOR_SUFFIXES)
-        counts = vectorize_raster_to_file(
-            mask, output, prob_raster_path=probs, source=Path(mask).name, cancel=feedback.isCanceled,
-            progress=lambda p: feedback.setProgress(100.0 * p.fraction),
-            **self.vector_options(parameters, context))
-        feedback.pushInfo(f"{counts['polygons']} polygons -> {output}")
-        return {"OUTPUT": str(output), "POLYGONS": counts["polygons"]}
+        self.check_sink(parameters, "OUTPUT", context)
+        with self.work_folder(self.names[mask]) as work:
+            polygons = Path(work) / "polygons.gpkg"
+            vectorize_raster_to_file(
+                mask, polygons, prob_raster_path=probs, source=Path(mask).name, cancel=feedback.isCanceled,
+                progress=lambda p: feedback.setProgress(100.0 * p.fraction),
+                **self.vector_options(parameters, context))
+            output, count = self.copy_to_sink(polygons, parameters, "OUTPUT", context, feedback)
+        feedback.pushInfo(f"{count} polygons")
+        return {"OUTPUT": output, "POLYGONS": count}
 
 
 SCORE_FIELDS = (("area", QVariant.String), ("tp", QVariant.Int), ("fp", QVariant.Int), ("fn", QVariant.Int),

@@ -6,7 +6,7 @@ import os
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .algorithms import ALGORITHMS
+from .algorithms import ALGORITHMS, PREDICTORS
 
 ICON_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "icon.svg")
 
@@ -33,11 +33,11 @@ class MTPProvider(QgsProcessingProvider):
         for algorithm in ALGORITHMS:
             self.addAlgorithm(algorithm())
 
-    def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802
-        return ["tif"]  # the engine writes GeoTIFF
+    def unload(self) -> None:
+        PREDICTORS.clear()  # frees the model (and its GPU memory) kept between runs
 
-    def supportedOutputVectorLayerExtensions(self) -> list[str]:  # noqa: N802
-        return ["gpkg", "geojson", "shp"]  # what mtp_core.io.write_vector writes
+    def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802
+        return ["tif"]  # the engine writes GeoTIFF; vector outputs are feature sinks: any format QGIS writes
 
     def defaultVectorFileExtension(self, hasGeometry: bool = True) -> str:  # noqa: N802,N803
         return "gpkg"

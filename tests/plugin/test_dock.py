@@ -6,6 +6,7 @@ model) and one ``mtp predict`` run are the reference.
 """
 from __future__ import annotations
 
+import html
 import os
 import sys
 import time
@@ -32,18 +33,19 @@ from qgis.core import (
     QgsSettings,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import QCoreApplication, QEvent, QSize, Qt
+from qgis.PyQt.QtCore import QCoreApplication, QEvent, QPoint, QSize, Qt
 from qgis.PyQt.QtGui import QColor, QImage, QKeyEvent
-from qgis.PyQt.QtWidgets import QApplication, QDockWidget
+from qgis.PyQt.QtWidgets import QDockWidget, QScrollBar, QTextBrowser, QWidget
 
 import qgis_plugin
 from mtp_core.cli import main as mtp
 from mtp_core.io import read_vector
 from mtp_core.weights import DEMO_CHECKPOINT
 from mtp_tools.synthetic import render_scene, write_scene
+from qgis_plugin.dependencies import check_dependencies
 from qgis_plugin.dock import MTPDock
-from qgis_plugin.environment import check_dependencies
 from qgis_plugin.model_cache import ModelSpec, PredictorCache
+from qgis_plugin.results import BUILDING_COLOUR
 from qgis_plugin.run_task import RunOutcome, SegmentTask
 from qgis_plugin.settings import DockSettings, load_settings
 
@@ -102,6 +104,26 @@ def dock(iface, raster_layer, tmp_path):
     widget.deleteLater()
 
 
+def fit_to_width(window, dock: MTPDock, width: int, png: str) -> None:
+    """Docks ``dock`` at ``width`` px in a shown main window, saves its picture, and checks that it is that wide,
+    scrolls only vertically, and shows every visible widget whole, within the scroll area's viewport."""
+    window.resize(1100, 900)
+    window.show()
+    window.resizeDocks([dock], [width], Qt.Horizontal)
+    for _ in range(3):
+        QgsApplication.processEvents()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    assert dock.grab().save(str(ARTIFACTS / png))
+    assert dock.width() == width, f"the dock needs {dock.minimumSizeHint().width()} px"
+    scroll = dock.scroll_area
+    assert not scroll.horizontalScrollBar().isVisible()
+    viewport = scroll.viewport()
+    for widget in scroll.widget().findChildren(QWidget):
+        if widget.isVisibleTo(dock) and not isinstance(widget, QScrollBar) and widget.window() is window:
+            right = widget.mapTo(viewport, QPoint(widget.width(), 0)).x()
+            assert right <= viewport.width(), f"{widget.objectName() or type(widget).__name__} is clipped"
+
+
 def run_now(dock: MTPDock) -> tuple[SegmentTask, RunOutcome]:
     """One run of the dock's current choices, synchronously, as the task manager would make it."""
     task = dock.create_task()
@@ -117,12 +139,13 @@ def result_group(project: QgsProject) -> QgsLayerTreeGroup:
 
 
 def message_bar_texts(iface, level: Qgis.MessageLevel) -> list[str]:
-    return [item.text() for item in iface.messageBar().items() if item.level() == level]
+    """The texts of the bar's items as the user reads them (items hold HTML)."""
+    return [html.unescape(item.text()) for item in iface.messageBar().items() if item.level() == level]
 
 
 def last_message(iface) -> tuple[str, Qgis.MessageLevel]:
     item = iface.messageBar().currentItem()
-    return item.text(), item.level()
+    return html.unescape(item.text()), item.level()
 
 
 def buildings_of(outcome: RunOutcome) -> list:
@@ -264,7 +287,7 @@ def test_bad_choices_and_engine_errors_say_what_to_do(dock, raster_layer, projec
     dock.raster_combo.setLayer(layer)
     dock.bands_edit.clear()
     _, outcome = run_now(dock)
-    assert outcome.state == "failed" and "broken.tif" in outcome.message and "damaged or missing" in outcome.message
+    assert outcome.state == "failed" and "'broken'" in outcome.message and "damaged or missing" in outcome.message
     assert "Traceback" not in outcome.message and last_message(iface) == (outcome.message, Qgis.Critical)
     assert list((tmp_path / "out").iterdir()) == [] and project.layerTreeRoot().findGroups() == []
 
@@ -305,7 +328,7 @@ def test_the_model_is_built_once_and_replaced_when_its_key_changes(tmp_path) -> 
         cache.get(ModelSpec(str(copy), "mtp_vit_b_rvsa_upernet", device="cpu"))
 
 
-def test_without_torch_the_dock_shows_the_install_command_and_the_plugin_loads(iface, project, monkeypatch) -> None:
+def test_without_torch_the_dock_offers_to_install_it_and_the_plugin_loads(iface, project, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed: importing it now fails
     monkeypatch.setitem(sys.modules, "timm", None)
     iface.mainWindow().show()
@@ -314,20 +337,25 @@ def test_without_torch_the_dock_shows_the_install_command_and_the_plugin_loads(i
     plugin.dock_action.trigger()
     dock = plugin.dock
     assert dock is not None and dock.isVisible()
-    status = check_dependencies()
-    assert dock.install_panel.isVisible() and dock.install_command.text() == status.install_command
-    assert '"torch>=2.1" "timm>=0.9"' in status.install_command and "pip install" in status.install_command
-    assert "torch, timm" in dock.install_label.text()
-    dock.copy_button.click()
-    assert QApplication.clipboard().text() == status.install_command
-    assert not dock.run_button.isEnabled() and not dock.form.isEnabled()
-    assert dock.device_label.text().startswith("no PyTorch")
+    assert check_dependencies().missing == ("torch", "timm")
+    panel = dock.install_panel
+    assert panel.isVisible() and panel.install_button.isVisible() and panel.install_button.isEnabled()
+    assert panel.install_button.text() == "Install dependencies"
+    assert "torch is missing; timm is missing" in panel.summary_label.text()
+    assert "numpy and GDAL stay as they are" in panel.summary_label.text()
+    assert not dock.run_button.isEnabled() and not dock.form.isEnabled() and not dock.click_button.isEnabled()
+    assert dock.device_label.text() == "unknown until the dependencies are installed"
+    fit_to_width(iface.mainWindow(), dock, 300, "dock_300px_without_torch.png")
     plugin.unload()
     assert iface.toolbar.actions() == []
 
 
 def test_click_a_roof_adds_the_buildings_polygon_of_mtp_predict_and_undo_removes_it(dock, raster_layer, project, cli,
-                                                                                   iface) -> None:
+                                                                                   iface, tmp_path) -> None:
+    labels = QgsVectorLayer(str(cli / "scene_buildings.gpkg"), "labels", "ogr")  # a polygon layer nobody chose
+    project.addMapLayer(labels)
+    before = labels.featureCount()
+    assert dock.target_combo.currentLayer() is None and dock.target_combo.currentText() == "New GeoPackage layer"
     canvas = iface.mapCanvas()
     canvas.setDestinationCrs(raster_layer.crs())
     canvas.setLayers([raster_layer])
@@ -344,10 +372,16 @@ def test_click_a_roof_adds_the_buildings_polygon_of_mtp_predict_and_undo_removes
         QgsApplication.processEvents()
     target = tool.layer
     assert target is not None and dock.target_combo.currentLayer() is target and iface.active_layer is target
+    assert target is not labels and labels.featureCount() == before and not labels.isEditable()
+    assert target.name() == "scene buildings" and target.storageType() == "GPKG"
+    assert Path(target.source().split("|")[0]) == tmp_path / "out" / "scene_buildings.gpkg"  # in the output folder
+    assert target.renderer().symbol().symbolLayer(0).strokeColor() == BUILDING_COLOUR  # the run's style
     (feature,) = list(target.getFeatures())
     added = shapely.from_wkb(bytes(feature.geometry().asWkb()))
     assert shapely.equals(added, building)  # exactly the polygon `mtp predict` writes for it
     assert "building added" in iface.statusBarIface().currentMessage()
+    tool.segment(inside.x, inside.y)  # the same roof again
+    assert iface.statusBarIface().currentMessage() == "this building is already in scene buildings"
     target.undoStack().undo()
     assert target.featureCount() == 0
     dock.click_button.setChecked(False)  # the button leaves the tool ...
@@ -355,6 +389,52 @@ def test_click_a_roof_adds_the_buildings_polygon_of_mtp_predict_and_undo_removes
     dock.click_button.setChecked(True)  # ... and Esc unticks the button
     canvas.mapTool().keyPressEvent(QKeyEvent(QEvent.KeyPress, Qt.Key_Escape, Qt.NoModifier))
     assert canvas.mapTool() is None and not dock.click_button.isChecked()
+    target.rollBack()
+
+
+def ungeoreferenced(folder: Path) -> Path:
+    path = folder / "plain.tif"
+    dataset = gdal.GetDriverByName("GTiff").Create(str(path), 64, 64, 3, gdal.GDT_Byte)
+    dataset.WriteRaster(0, 0, 64, 64, bytes(64 * 64 * 3))
+    dataset = None  # closes the file
+    return path
+
+
+def test_a_raster_without_georeference_is_refused_before_anything_starts(dock, project, iface, tmp_path) -> None:
+    layer = QgsRasterLayer(str(ungeoreferenced(tmp_path)), "plain", "gdal")
+    project.addMapLayer(layer)
+    dock.raster_combo.setLayer(layer)
+    dock.nodata_edit.setText("0")  # with Nodata the engine would read a VRT of the layer: its path must not show
+    expected = ("plain has no georeference (its file places no pixel on the ground): georeference it (Layer > "
+                "Georeferencer) and choose the result under 'Raster layer'")
+    dock.start()
+    assert dock.task is None and last_message(iface) == (expected, Qgis.Critical)
+    dock.click_button.setChecked(True)
+    assert not dock.click_button.isChecked() and iface.mapCanvas().mapTool() is None
+    assert last_message(iface) == (expected, Qgis.Critical)
+    assert len(iface.messageBar().items()) == 1  # the second message replaced the first
+
+
+def test_engine_errors_name_the_layer_and_field_not_temporary_files(dock, raster_layer, project, iface) -> None:
+    raster_layer.setName("my scene")
+    dock.nodata_edit.setText("0")  # the engine reads a VRT of the layer in a temporary folder
+    dock.bands_edit.setText("1,2,4")
+    _, outcome = run_now(dock)
+    assert outcome.state == "failed"
+    assert outcome.message.startswith("'my scene' has 3 band(s); band(s) [4] do not exist: choose bands 1..3 "
+                                      "under 'Bands'"), outcome.message
+    assert ".mtp-" not in outcome.message and ".vrt" not in outcome.message and "--" not in outcome.message
+
+
+def test_messages_are_plain_text_and_one_at_a_time(dock, iface) -> None:
+    iface.mainWindow().show()
+    dock.report("MTP", "assign EPSG:<code> & retry", Qgis.Warning)
+    item = iface.messageBar().currentItem()
+    shown = item.findChildren(QTextBrowser)[0].toPlainText()
+    assert "EPSG:<code> & retry" in shown  # not eaten as an HTML tag
+    for n in range(3):  # three successful runs
+        dock.report("MTP", f"{n} buildings", Qgis.Success)
+    assert message_bar_texts(iface, Qgis.Success) == ["2 buildings"] and len(iface.messageBar().items()) == 1
 
 
 def test_click_a_roof_says_what_is_missing(dock, project, iface) -> None:
@@ -426,3 +506,14 @@ def test_screenshots_of_the_dock_and_of_the_buildings_over_the_raster(dock, rast
                   if not shapely.contains_xy(away, extent.xMinimum() + col / scale, extent.yMaximum() - row / scale)]
     assert len(background) > 100 and all(over.pixel(*p) == plain.pixel(*p) for p in background)
     assert len({over.pixel(*p) for p in background}) > 50  # not blank: the imagery is there
+
+
+def test_the_dock_fits_a_300_px_column_and_nothing_is_clipped(dock, raster_layer, project, iface) -> None:
+    raster_layer.setName("3band_013022223130_Public_img10_a_long_layer_name")
+    dock.raster_combo.setLayer(raster_layer)
+    _, outcome = run_now(dock)  # the status line holds a run's result, the device line the model's device
+    assert outcome.state == "done", outcome.message
+    dock.area_combo.setCurrentIndex(dock.area_combo.findData("polygons"))  # every optional row shown
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("architecture"))
+    dock.output_widget.setFilePath("/a/long/output/folder/for/the/runs/of/the/mtp/plugin/in/a/project/folder")
+    fit_to_width(iface.mainWindow(), dock, 300, "dock_300px.png")

@@ -18,15 +18,26 @@ import numpy as np
 import pytest
 import shapely
 from osgeo import gdal, osr
-from qgis.core import QgsApplication, QgsProcessingException, QgsProcessingFeedback
+from qgis.core import (
+    QgsApplication,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsVectorFileWriter,
+)
 
 import qgis_plugin
 from mtp_core.cli import main as mtp
 from mtp_core.io import read_vector
+from mtp_core.weights import DEMO_CHECKPOINT
 from mtp_tools.synthetic import render_scene, write_scene
+from qgis_plugin.model_cache import ModelSpec
 from qgis_plugin.processing import MTPProvider
+from qgis_plugin.processing.algorithms import PREDICTORS
 
 REPO = Path(__file__).resolve().parents[2]
+#: root writes where permissions forbid it: the read-only folder is a read-only mount then
+READ_ONLY_REASON = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
 QGIS_PROCESS = "/usr/bin/qgis_process.bin"  # Debian's /usr/bin/qgis_process wrapper fails headless
 ALGORITHM_IDS = ["mtp:evaluate", "mtp:extractbuildings", "mtp:segment", "mtp:vectorize"]
 
@@ -47,6 +58,21 @@ def run(processing_framework):
     assert QgsApplication.processingRegistry().addProvider(provider)
     yield processing_framework.run
     QgsApplication.processingRegistry().removeProvider(provider)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path) -> Path:
+    """A folder nothing can be written to, root included."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], check=True)
+        yield folder
+        subprocess.run(["umount", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +139,62 @@ def test_extractbuildings_gives_the_polygons_and_mask_of_mtp_predict(run, scene,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.gpkg", "m.tif"]  # no temporary folder left
 
 
-def test_extractbuildings_writes_geojson_with_the_same_polygons(run, scene, cli, tmp_path) -> None:
+def test_extractbuildings_writes_any_format_qgis_writes_with_the_same_polygons(run, scene, cli, tmp_path) -> None:
     result = run("mtp:extractbuildings", {"INPUT": str(scene[0]), "DEVICE": "cpu",
                                           "OUTPUT": str(tmp_path / "b.geojson")})
     assert result["MASK"] is None
     assert_same_polygons(Path(result["OUTPUT"]), cli / "scene_buildings.gpkg")
-    assert [p.name for p in tmp_path.iterdir()] == ["b.geojson"]
+    result = run("mtp:extractbuildings", {"INPUT": str(scene[0]), "DEVICE": "cpu", "OUTPUT": str(tmp_path / "b.shp")})
+    shapes, expected = layer_rows(Path(result["OUTPUT"]))[0], layer_rows(cli / "scene_buildings.gpkg")[0]
+    assert len(shapes) == len(expected) and all(shapely.equals(a, b) for a, b in zip(shapes, expected))  # Shapefile
+    # field names and numbers have its own limits (10 characters, 15 digits)
+    assert {"b.geojson", "b.shp"} <= {p.name for p in tmp_path.iterdir()}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_outputs_can_be_temporary_layers_as_in_the_modeler(run, scene, cli, tmp_path) -> None:
+    result = run("mtp:extractbuildings", {"INPUT": str(scene[0]), "DEVICE": "cpu", "OUTPUT": "TEMPORARY_OUTPUT"})
+    layer = result["OUTPUT"]
+    assert layer.providerType() == "memory" and layer.featureCount() == result["BUILDINGS"] > 0
+    written = tmp_path / "from_memory.gpkg"
+    QgsVectorFileWriter.writeAsVectorFormatV3(layer, str(written), QgsProject.instance().transformContext(),
+                                              QgsVectorFileWriter.SaveVectorOptions())
+    assert_same_polygons(written, cli / "scene_buildings.gpkg")
+    polygons = run("mtp:vectorize", {"INPUT": str(cli / "scene_mask.tif"), "OUTPUT": "TEMPORARY_OUTPUT"})
+    assert polygons["OUTPUT"].featureCount() == polygons["POLYGONS"] > 0
+
+
+def test_a_batch_loads_the_model_once(run, scene, tmp_path) -> None:
+    """The batch dialog runs one algorithm instance per row: the same checkpoint and device load once."""
+    second = tmp_path / "scene_copy.tif"
+    shutil.copy(scene[0], second)
+    PREDICTORS.clear()
+    models, messages = [], []
+    for raster in (scene[0], second, scene[0]):
+        feedback = QgsProcessingFeedback()
+        feedback.pushInfo = messages.append  # what the batch dialog's log shows
+        run("mtp:extractbuildings", {"INPUT": str(raster), "DEVICE": "cpu", "OUTPUT": str(tmp_path / "b.gpkg")},
+            feedback=feedback)
+        models.append(PREDICTORS.get(ModelSpec(str(DEMO_CHECKPOINT), device="cpu", batch_size=8)))
+    assert models[0] is models[1] is models[2]
+    loads = [m for m in messages if m.startswith("model: ")]
+    assert len(loads) == 3 and ["already loaded" in m for m in loads] == [False, True, True]
+
+
+def test_an_output_folder_that_cannot_be_written_is_named_before_the_model_runs(run, scene, read_only_folder) -> None:
+    for algorithm, parameter in (("mtp:extractbuildings", "OUTPUT"), ("mtp:extractbuildings", "MASK"),
+                                 ("mtp:segment", "OUTPUT")):
+        parameters = {"INPUT": str(scene[0]), "DEVICE": "cpu", "OUTPUT": "TEMPORARY_OUTPUT"}
+        parameters[parameter] = str(read_only_folder / "out.tif" if parameter == "MASK" or algorithm == "mtp:segment"
+                                    else read_only_folder / "out.gpkg")
+        feedback = QgsProcessingFeedback()
+        infos = []
+        feedback.pushInfo = infos.append
+        with pytest.raises(QgsProcessingException) as error:
+            run(algorithm, parameters, feedback=feedback)
+        assert str(error.value) == (f"{parameter}: cannot write to the folder {read_only_folder} "
+                                    f"({READ_ONLY_REASON}); choose another folder")
+        assert not any(i.startswith("device:") for i in infos)  # before the model was loaded
 
 
 def test_segment_gives_the_class_raster_and_probabilities_of_mtp_predict(run, scene, cli, tmp_path) -> None:
@@ -212,7 +288,9 @@ sys.modules["torch"] = sys.modules["timm"] = None  # as if not installed
 from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
 app = QgsApplication([], False)
 app.initQgis()
+from qgis_plugin.model_cache import ModelSpec
 from qgis_plugin.processing import MTPProvider
+from qgis_plugin.processing.algorithms import PREDICTORS
 provider = MTPProvider()
 QgsApplication.processingRegistry().addProvider(provider)
 print(sorted(a.id() for a in provider.algorithms()))
@@ -231,7 +309,8 @@ def test_without_torch_the_provider_loads_and_a_run_says_what_to_install(tmp_pat
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == str(ALGORITHM_IDS)
-    assert "MTP needs torch, timm" in out.stdout and "pip install" in out.stdout and "Install with:" in out.stdout
+    assert lines[1].startswith("MTP cannot run yet: torch is missing; timm is missing. Install them with 'Install "
+                               "dependencies' in the MTP dock")
 
 
 def site_dirs_of(*modules: str) -> list[str]:
@@ -244,18 +323,27 @@ def site_dirs_of(*modules: str) -> list[str]:
     return dirs
 
 
-def test_qgis_process_extractbuildings_gives_the_polygons_of_mtp_predict(scene, cli, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def qgis_process(tmp_path_factory) -> tuple[dict[str, str], Path]:
+    """The built plugin installed and enabled for ``qgis_process.bin`` in a throw-away profile; its environment and
+    plugin folder. QGIS's Python finds torch & co. through PYTHONPATH, as a user may set it."""
     assert Path(QGIS_PROCESS).exists(), "qgis_process comes with the Debian package qgis: run `make setup`"
-    subprocess.run(["bash", str(REPO / "scripts" / "build_plugin.sh"), str(tmp_path / "mtp_qgis.zip")], check=True,
+    folder = tmp_path_factory.mktemp("qgis_process")
+    subprocess.run(["bash", str(REPO / "scripts" / "build_plugin.sh"), str(folder / "mtp_qgis.zip")], check=True,
                    capture_output=True)
-    plugins = tmp_path / "plugins"
-    zipfile.ZipFile(tmp_path / "mtp_qgis.zip").extractall(plugins)
+    plugins = folder / "plugins"
+    zipfile.ZipFile(folder / "mtp_qgis.zip").extractall(plugins)
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_PLUGINPATH=str(plugins),
-               QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "profile"),  # a throw-away profile: the user's stays untouched
+               QGIS_CUSTOM_CONFIG_PATH=str(folder / "profile"),  # the user's own profile stays untouched
                PYTHONPATH=os.pathsep.join(site_dirs_of("torch", "timm", "shapely")))
     enable = subprocess.run([QGIS_PROCESS, "plugins", "enable", "mtp_qgis"], capture_output=True, text=True, env=env,
                             timeout=120)
     assert enable.returncode == 0, enable.stdout + enable.stderr
+    return env, plugins
+
+
+def test_qgis_process_extractbuildings_gives_the_polygons_of_mtp_predict(qgis_process, scene, cli, tmp_path) -> None:
+    env, plugins = qgis_process
     output = tmp_path / "buildings.gpkg"
     done = subprocess.run([QGIS_PROCESS, "--json", "run", "mtp:extractbuildings", "--", f"INPUT={scene[0]}",
                            f"OUTPUT={output}", "DEVICE=cpu"], capture_output=True, text=True, env=env, timeout=300)
@@ -265,3 +353,22 @@ def test_qgis_process_extractbuildings_gives_the_polygons_of_mtp_predict(scene, 
     assert report["log"]["info"][0].startswith("device: cpu")
     assert str(plugins / "mtp_qgis" / "vendor" / "mtp_core") in report["log"]["info"][1]  # the vendored engine ran
     assert_same_polygons(output, cli / "scene_buildings.gpkg")
+
+
+def test_qgis_process_says_each_error_once_in_the_words_of_its_parameters(qgis_process, scene, tmp_path,
+                                                                          read_only_folder) -> None:
+    env, _ = qgis_process
+    plain = ungeoreferenced_raster(tmp_path)
+    cases = [([], [f"INPUT={plain}", f"OUTPUT={tmp_path / 'b.gpkg'}", "NODATA=0"],
+              "INPUT (plain) has no georeference (no geotransform or CRS); assign its CRS (QGIS: Raster > "
+              "Projections > Assign Projection, or gdal_edit.py -a_srs EPSG:<code>), or set PIXEL_CRS=true ('Accept "
+              "a raster without georeference') to go on in pixel units"),
+             (["--json"], [f"INPUT={scene[0]}", f"OUTPUT={read_only_folder / 'b.gpkg'}"],
+              f"OUTPUT: cannot write to the folder {read_only_folder} ({READ_ONLY_REASON}); choose another folder")]
+    for json_mode, arguments, expected in cases:  # --json prints no log of its own: the message goes to stderr
+        done = subprocess.run([QGIS_PROCESS, *json_mode, "run", "mtp:extractbuildings", "--", "DEVICE=cpu",
+                               *arguments], capture_output=True, text=True, env=env, timeout=300)
+        output = done.stdout + done.stderr
+        assert done.returncode == 1, output
+        assert output.count(expected) == 1, output  # once, not three times
+        assert "Errno" not in output and "--pixel-crs" not in output and ".mtp-" not in output, output
