@@ -13,16 +13,28 @@ import torch
 from mtp_core.errors import UserError
 
 
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` → the first CUDA device if usable, else CPU; ``cpu``; ``cuda`` / ``cuda:N`` (checked to exist)."""
+    """``auto`` → the first CUDA device if usable, else Apple silicon's GPU (MPS) if usable, else CPU; ``cpu``;
+    ``mps``; ``cuda`` / ``cuda:N`` (checked to exist)."""
     spec = spec.strip().lower()
     if spec == "auto":
-        return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda:0")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
     if spec == "cpu":
         return torch.device("cpu")
+    if spec == "mps":
+        if not _mps_available():
+            raise UserError("device 'mps' was asked for but this PyTorch sees no Apple silicon GPU (MPS needs macOS "
+                            "12.3+ on an M-series Mac and an arm64 build of torch); use --device cpu")
+        return torch.device("mps")
     match = re.fullmatch(r"cuda(?::(\d+))?", spec)
     if not match:
-        raise UserError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N")
+        raise UserError(f"unknown device {spec!r}: use auto, cpu, cuda, cuda:N or mps")
     if not torch.cuda.is_available():
         raise UserError(f"device {spec!r} was asked for but {cuda_unavailable_reason()}; use --device cpu")
     index = int(match.group(1) or 0)
@@ -41,7 +53,9 @@ def cuda_unavailable_reason() -> str:
 
 
 def describe_device(device: torch.device, threads: int | None = None) -> str:
-    """One line: CUDA name and memory, or CPU with the threads a run uses and why no GPU is used."""
+    """One line: CUDA name and memory, Apple silicon's GPU, or CPU with the threads a run uses and why no GPU is used."""
+    if device.type == "mps":
+        return "mps (Apple silicon GPU, Metal Performance Shaders)"
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         memory = props.total_memory / 2**30

@@ -12,7 +12,7 @@ from mtp_core.device import describe_device, resolve_device
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("info", help="versions, the compute device found, registered models")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.set_defaults(func=run)
 
 

@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--model", default="demo", help="'demo' (the embedded demo model, default) or a registered "
                                                         "segmentor name (random weights: for speed tests)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tile", type=int, default=None, help="tile size (must equal the model's input size)")
     parser.add_argument("--overlap", type=int, default=None,

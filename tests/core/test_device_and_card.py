@@ -21,7 +21,7 @@ def test_auto_device_is_cuda_when_available_else_cpu() -> None:
 
 @pytest.mark.parametrize("spec", ["gpu", "cuda:x", "tpu"])
 def test_unknown_device_names_the_valid_choices(spec: str) -> None:
-    with pytest.raises(ValueError, match="auto, cpu, cuda or cuda:N"):
+    with pytest.raises(ValueError, match="auto, cpu, cuda, cuda:N or mps"):
         resolve_device(spec)
 
 
@@ -117,3 +117,15 @@ def test_cpu_threads_follow_the_affinity_of_a_pinned_process() -> None:
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "1"
+
+
+def test_apple_silicon_is_used_when_there_is_no_cuda(monkeypatch) -> None:
+    """On an M-series Mac (MPS available, no CUDA) auto picks the GPU; asked for without one, mps is explained."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("mps") == resolve_device("mps")
+    assert describe_device(torch.device("mps")).startswith("mps (Apple silicon GPU")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="no Apple silicon GPU"):
+        resolve_device("mps")

@@ -24,15 +24,15 @@ import inspect
 import math
 import os
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from osgeo import gdal, ogr, osr
 
 from mtp_core.io import BandScaler
+from mtp_core.io.gdal_errors import quiet_gdal
 
 Results = dict
 """The dict a pipeline passes along (MMSeg's ``results``): ``img`` (H, W, 3) uint8 RGB, ``gt_seg_map`` (H, W)
@@ -46,21 +46,11 @@ GEOJSON_SUFFIXES = (".geojson", ".json")
 # GDAL reading
 # ----------------------------------------------------------------------------------------------------------------
 
-@contextmanager
-def _quiet_gdal() -> Iterator[None]:
-    """Keep GDAL from printing to stderr; failures are turned into Python errors by the callers."""
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        yield
-    finally:
-        gdal.PopErrorHandler()
-
-
 def _open_raster(path: str) -> gdal.Dataset:
     """Open a raster read-only whether or not someone switched on ``gdal.UseExceptions()``."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"raster not found: {path}")
-    with _quiet_gdal():
+    with quiet_gdal():
         gdal.ErrorReset()
         try:
             ds = gdal.Open(path, gdal.GA_ReadOnly)
@@ -72,7 +62,7 @@ def _open_raster(path: str) -> gdal.Dataset:
 
 
 def _read_bands(ds: gdal.Dataset, path: str, bands: Sequence[int]) -> np.ndarray:
-    with _quiet_gdal():
+    with quiet_gdal():
         try:
             data = ds.ReadAsArray(band_list=list(bands))
         except RuntimeError as exc:
@@ -164,7 +154,7 @@ def rasterize_geojson(path: str, shape: tuple[int, int], georef: Georef) -> np.n
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"label GeoJSON not found: {path}")
-    with _quiet_gdal():
+    with quiet_gdal():
         try:
             src = ogr.Open(path)
         except RuntimeError as exc:
@@ -202,7 +192,7 @@ def rasterize_geojson(path: str, shape: tuple[int, int], georef: Georef) -> np.n
         out.SetGeometry(geometry)
         burn.CreateFeature(out)
     if burn.GetFeatureCount() > 0:
-        with _quiet_gdal():
+        with quiet_gdal():
             err = gdal.RasterizeLayer(raster, [1], burn, burn_values=[1])
         if err != 0:
             raise OSError(f"GDAL could not rasterize {path}: {gdal.GetLastErrorMsg()}")
