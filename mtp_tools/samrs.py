@@ -155,13 +155,14 @@ def _to_uint8(band: np.ndarray) -> np.ndarray:
     return np.clip((band.astype(np.float64) - low) / max(high - low, 1e-9) * 255, 0, 255).round().astype(np.uint8)
 
 
-def spacenet_images(realdata: str | Path, tile: int = 300) -> list[LabelledImage]:
-    """The real building chips of ``realdata``: SpaceNet 1 RGB chips that have buildings, and the SpaceNet 4
-    panchromatic chip (stretched to 8 bits, grey as RGB) cut into ``tile`` px tiles."""
+def spacenet_images(realdata: str | Path, tile: int = 300, spacenet1: bool = True) -> list[LabelledImage]:
+    """The real building chips of ``realdata``: SpaceNet 1 RGB chips that have buildings (unless ``spacenet1`` is
+    False), and the SpaceNet 4 panchromatic chip (stretched to 8 bits, grey as RGB) cut into ``tile`` px tiles."""
     realdata = Path(realdata)
     out = []
     sn1 = realdata / "spacenet1_AOI_0_TEST" / "AOI_0_TEST"
-    for tif in sorted((sn1 / "3band").glob("3band_*.tif"), key=lambda p: int(p.stem.rsplit("img", 1)[1])):
+    chips = sorted((sn1 / "3band").glob("3band_*.tif"), key=lambda p: int(p.stem.rsplit("img", 1)[1]))
+    for tif in chips if spacenet1 else []:
         chip = tif.stem.removeprefix("3band_")
         with gdal_exceptions():
             ds = gdal.Open(str(tif))

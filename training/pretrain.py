@@ -5,11 +5,14 @@
 
 The config holds ``main_pretrain.py``'s options under their names (``backbone``, ``datasets``, ``tasks``,
 ``batch_size`` per process, ``batch_mode`` avg|ratio, ``background``, ``image_size``, ``end_iter``, ``interval``,
-``workers``, ``use_ckpt``, ``mixed_precision``, ``init_backbone``) and where each dataset lives (``data``,
-optionally ``val_data``). One iteration takes a batch from every dataset's loader (zipped, see
-:mod:`training.data.zipped`), runs the encoder once on them all, and minimises the unweighted sum of every task's
-and dataset's losses (each logged) with AdamW, a per-iteration cosine schedule to ``end_iter``, gradients clipped at
-5 and optional AMP, activation checkpointing and DDP with unused parameters. Checkpoints are MTP's files
+``workers``, ``use_ckpt``, ``mixed_precision``, ``init_backbone``: a checkpoint path, MTP's ``mae`` file) and where
+each dataset lives (``data``, optionally ``val_data``); ``--ft True --resume CKPT`` is ``--resume CKPT`` here, and
+``--port``, ``--distributed``, ``--world_size`` come from the launcher.
+
+One iteration takes a batch from every dataset's loader (zipped, see :mod:`training.data.zipped`), runs the encoder
+once on them all, and minimises the unweighted sum of every task's and dataset's losses (each logged) with AdamW, a
+per-iteration cosine schedule to ``end_iter``, gradients clipped at 5 and optional AMP, activation checkpointing and
+DDP with unused parameters. Checkpoints are MTP's files
 (:mod:`training.pretrain_checkpoint`). Preemption, ``--resume`` and requeueing are the fine-tuning CLI's
 (:mod:`training.runner`); a resumed run equals an uninterrupted one bit for bit.
 
@@ -306,6 +309,7 @@ class Pretrainer(IterRunner):
         summary = {"average": sum(main) / len(main)}
         for r in results:
             summary.update({f"{r['dataset']}/{k}": v for k, v in r.items() if isinstance(v, (int, float))})
+            summary.update({f"{r['dataset']}/IoU.{c}": v for c, v in r.get("IoU", {}).items()})
         log.info("validation at iteration %d: %s", self.iteration,
                  " ".join(f"{k} {v:.4g}" for k, v in summary.items()))
         self._write_log({"iter": self.iteration, "mode": "val", **summary})
