@@ -9,36 +9,31 @@ write a checkpoint and exit with ``REQUEUE_EXIT_CODE``; inside a Slurm job rank 
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import mtp_core
 from mtp_core.checkpoint import atomic_torch_save, load_weights, safe_load
-from mtp_core.io import atomic_path
 from mtp_core.models import EncoderDecoder, ModelCard
 from training.builder import SegmentorSpec, build_segmentor, model_card, segmentation_loss
 from training.config import config_text
 from training.data import InfiniteSampler, SegDataPreProcessor, build_dataset, collate
-from training.dist import DistInfo, broadcast_object, per_tensor_allreduce
+from training.dist import DistInfo, per_tensor_allreduce
 from training.evaluation import evaluate
 from training.optim import build_scheduler
 from training.optim_wrapper import build_optim_wrapper
-from training.preemption import REQUEUE_EXIT_CODE, StopRequest, StopSafeDataLoader, write_requeue_marker
-from training.randomness import gather_rng_states, restore_rng_states, seed_everything
+from training.preemption import REQUEUE_EXIT_CODE, StopSafeDataLoader
+from training.randomness import gather_rng_states, restore_rng_states
+from training.runner import LAST_CHECKPOINT, IterRunner
 from training.sync_bn import convert_sync_bn
 
 __all__ = ["DEFAULTS", "LAST_CHECKPOINT", "OPTIONAL_KEYS", "REQUEUE_EXIT_CODE", "Trainer"]
 
-LAST_CHECKPOINT = "last_checkpoint"
 log = logging.getLogger("mtp.train")
 
 DEFAULTS: dict[str, Any] = {
@@ -63,14 +58,11 @@ OPTIONAL_KEYS = (
 )
 
 
-class Trainer:
+class Trainer(IterRunner):
     """Builds everything a config describes and runs (or resumes) the training loop."""
 
     def __init__(self, cfg: dict[str, Any], work_dir: Path, info: DistInfo) -> None:
-        self.cfg, self.work_dir, self.info = cfg, work_dir, info
-        self.seed = int(cfg["randomness"].get("seed") or 0)
-        self.diff_rank_seed = bool(cfg["randomness"].get("diff_rank_seed", False))
-        seed_everything(self.seed, info.rank, self.diff_rank_seed)
+        super().__init__(cfg, work_dir, info)
         self.spec: SegmentorSpec = build_segmentor(cfg["model"])
         pre_cfg = cfg.get("data_preprocessor") or cfg["model"].get("data_preprocessor") or {}
         self.preprocess = SegDataPreProcessor(
@@ -113,8 +105,6 @@ class Trainer:
         )
         if self.ddp is not None and info.device.type == "cpu":
             self.ddp.register_comm_hook(None, per_tensor_allreduce)  # bit-exact resume with 3+ ranks
-        self.iteration = 0
-        self.stop = StopRequest()
         self.sampler: InfiniteSampler | None = None
         self._sampler_state: dict[str, Any] | None = None
         self._sampler_first_iteration = 0
@@ -133,27 +123,6 @@ class Trainer:
                 "train_dataloader.batch_size=1 with BatchNorm: the decode head's 1x1 pooled features (pool_scales 1) "
                 "then have one value per channel, which BatchNorm cannot normalise; use batch_size>=2, or SyncBN "
                 "with 2 or more processes (MTP: 8 GPUs x batch 1)")
-
-    # ----------------------------------------------------------------------------------------------- logging
-    def _log_report(self, report: Any) -> None:
-        if self.info.is_main:
-            log.info("%s", report.summary())
-
-    def _write_log(self, record: dict[str, Any]) -> None:
-        if self.info.is_main:
-            with open(self.work_dir / "log.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-
-    def _forget_log_after(self, iteration: int) -> None:
-        """A resumed run re-runs the iterations after its checkpoint: drop what the first run logged for them."""
-        path = self.work_dir / "log.jsonl"
-        if not self.info.is_main or not path.is_file():
-            return
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line).get("iter", 0) <= iteration]
-        if len(kept) != len(lines):
-            with atomic_path(path) as tmp:
-                tmp.write_text("".join(kept), encoding="utf-8")
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -180,9 +149,7 @@ class Trainer:
             "rng": {"ranks": rng},
         }
         atomic_torch_save(state, path)
-        tmp = self.work_dir / f".{LAST_CHECKPOINT}.tmp"
-        tmp.write_text(str(path.resolve()))
-        os.replace(tmp, self.work_dir / LAST_CHECKPOINT)
+        self._point_last_checkpoint_to(path)
         self._prune_checkpoints()
         log.info("saved checkpoint %s", path)
         return path
@@ -194,24 +161,6 @@ class Trainer:
         found = sorted(self.work_dir.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
         for old in found[:-keep]:
             old.unlink(missing_ok=True)
-
-    def resume_source(self, resume: str | bool | None) -> Path | None:
-        """The checkpoint to resume from, as MMEngine decides it.
-
-        ``--resume CKPT``: CKPT. ``--resume``: the work dir's last checkpoint (what a requeued job needs). Config
-        ``resume=True``: ``load_from`` when set (MMEngine's ``resume=True load_from=CKPT``), else the last checkpoint.
-        """
-        if isinstance(resume, str):
-            return Path(resume)
-        pointer = self.work_dir / LAST_CHECKPOINT
-        last = Path(pointer.read_text().strip()) if pointer.is_file() else None
-        if resume and last is not None:
-            return last
-        if self.cfg.get("resume") and (self.cfg.get("load_from") or last):
-            return Path(self.cfg["load_from"]) if self.cfg.get("load_from") else last
-        if (resume or self.cfg.get("resume")) and self.info.is_main:
-            log.warning("resume: no checkpoint in %s yet, starting from iteration 0", self.work_dir)
-        return None
 
     def resume(self, path: Path) -> None:
         state = safe_load(path)
@@ -298,98 +247,10 @@ class Trainer:
             out["grad_norm"] = self.optim_wrapper.grad_norm
         return out
 
-    def run(self, resume: str | bool | None = None) -> int:
-        """Train to ``max_iters`` (or stop on a signal); returns the process exit code."""
-        source = broadcast_object(self.resume_source(resume), self.info)
-        if source is not None:
-            self.resume(source)
-        self.optim_wrapper.initialize_count_status(self.model, self.iteration, self.max_iters)
-        with self.stop.installed():
-            return self._train()
+    def _checkpoint_due(self) -> bool:
+        every = int(self.cfg["default_hooks"]["checkpoint"].get("interval", 5000))
+        return self.iteration % every == 0 or self.iteration == self.max_iters
 
-    def _train(self) -> int:
-        self.model.train()
-        batches = self._batches()
-        hooks = self.cfg["default_hooks"]
-        log_every = int(hooks["logger"].get("interval", 50))
-        ckpt_every = int(hooks["checkpoint"].get("interval", 5000))
-        val_every = int(self.cfg["train_cfg"].get("val_interval") or 0)
-        stop_every = int(self.cfg.get("stop_check_interval", 10))
-        next_stop_check = self.iteration + stop_every
-        window: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
-        window_start, window_iters = time.perf_counter(), 0
-        while self.iteration < self.max_iters:
-            lrs = {"base_lr": self.scheduler.base_lr(), "lr": self.optim_wrapper.param_groups[0]["lr"]}
-            parts = self.train_step(batches)
-            self.iteration += 1
-            window_iters += 1
-            for key, value in parts.items():
-                window[key] = window.get(key, 0) + value
-                counts[key] = counts.get(key, 0) + 1
-            if self.iteration % log_every == 0 or self.iteration == self.max_iters:
-                elapsed = time.perf_counter() - window_start
-                means = {k: float(v) / counts[k] for k, v in window.items()}
-                self._log_progress(lrs, means, window_iters / max(elapsed, 1e-9))
-                window, counts, window_start, window_iters = {}, {}, time.perf_counter(), 0
-            saved = self.iteration % ckpt_every == 0 or self.iteration == self.max_iters
-            if saved:
-                self.save_checkpoint()
-            if val_every and self.iteration % val_every == 0:
-                self.validate()
-            # stop only where the optimizer just stepped: no accumulated gradient is lost
-            if self.optim_wrapper.should_update() and self.iteration >= next_stop_check:
-                next_stop_check = self.iteration + stop_every
-                if self.iteration < self.max_iters and self._stop_agreed():
-                    return self._stop(saved)
-        if self.info.is_main:
-            self._plot_curves()
-        return 0
-
-    def _stop_agreed(self) -> bool:
-        """All ranks stop at the same step: any rank's signal counts (a tiny all-reduce, every few steps); a
-        preemption signal (SIGTERM 15, SIGUSR1 10) outranks Ctrl-C (SIGINT 2)."""
-        flag = torch.tensor([float(self.stop.signum or 0)], device=self.info.device)
-        if self.info.distributed:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item():
-            self.stop.signum = int(flag.item())
-        return self.stop.requested
-
-    def _stop(self, saved: bool) -> int:
-        """Checkpoint, requeue marker and curves, all before any rank exits: with ``srun --kill-on-bad-exit`` the
-        first rank to exit gets the others killed."""
-        if not saved:
-            self.save_checkpoint()
-        if self.info.is_main:
-            write_requeue_marker(self.work_dir, self.iteration, self.stop)
-            self._plot_curves()
-            log.warning("stopped by %s at iteration %d; resume with --resume", self.stop.name, self.iteration)
-        if self.info.distributed:
-            dist.barrier()
-        return self.stop.exit_code
-
-    def _log_progress(self, lrs: dict[str, float], means: dict[str, float], its: float) -> None:
-        if not self.info.is_main:
-            return
-        remaining = (self.max_iters - self.iteration) / max(its, 1e-9)
-        eta = time.strftime("%H:%M:%S", time.gmtime(remaining)) if remaining < 86400 else f"{remaining / 86400:.1f} d"
-        memory = torch.cuda.max_memory_allocated(self.info.device) / 2**30 if self.info.device.type == "cuda" else 0.0
-        record = {"iter": self.iteration, "mode": "train", **lrs, **means, "iter_per_s": its}
-        if memory:
-            record["memory_gib"] = memory
-        self._write_log(record)
-        losses = " ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "loss")
-        log.info("iter %d/%d | base_lr %.4e lr %.4e | loss %.4f (%s) | %.2f it/s | eta %s%s", self.iteration,
-                 self.max_iters, lrs["base_lr"], lrs["lr"], means["loss"], losses, its, eta,
-                 f" | mem {memory:.1f} GiB" if memory else "")
-
-    def _plot_curves(self) -> None:
-        from training.curves import plot_training_log
-
-        if not (self.work_dir / "log.jsonl").is_file():
-            return
-        try:
-            plot_training_log(self.work_dir / "log.jsonl", self.work_dir / "curves.png")
-        except ImportError as exc:
-            log.warning("no curves.png: %s", exc)
+    def _validation_due(self) -> bool:
+        every = int(self.cfg["train_cfg"].get("val_interval") or 0)
+        return bool(every) and self.iteration % every == 0

@@ -1,6 +1,7 @@
 """``mtp-slurm``: ready sbatch scripts, submitted unless --dry-run.
 
-Training (``mtp-slurm CONFIG --nodes N --gpus-per-node G ...``): one task per GPU (``srun`` starts them,
+Training (``mtp-slurm CONFIG --nodes N --gpus-per-node G ...``; ``--pretrain`` for multi-task pretraining with
+``training.pretrain``): one task per GPU (``srun`` starts them,
 ``--launcher slurm`` wires them up), ``--requeue``, and USR1 three minutes before the time limit. On USR1, or the
 SIGTERM of a preemption, the trainer checkpoints, rank 0 leaves a requeue marker in the work dir and the ranks exit
 with ``REQUEUE_EXIT_CODE``; the script requeues the job when it finds the marker (whatever srun's exit status, which
@@ -33,6 +34,9 @@ SIGNAL_LEAD_S = 180
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtp-slurm", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", nargs="?", help="training config (not with --predict)")
+    parser.add_argument("--pretrain", action="store_true",
+                        help="the config is a multi-task pretraining config: run training.pretrain (MTP's "
+                             "main_pretrain.py) instead of training.train")
     parser.add_argument("--predict", default=None, metavar="RASTERS",
                         help="batch prediction instead of training: a text file with one raster path per line")
     parser.add_argument("--out", default=None, help="--predict: output folder")
@@ -52,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def sbatch_script(args: argparse.Namespace, work_dir: Path, python: str, repo: Path) -> str:
-    train = [python, "-m", "training.train", str(Path(args.config).resolve()), "--work-dir", str(work_dir.resolve()),
+    module = "training.pretrain" if args.pretrain else "training.train"
+    train = [python, "-m", module, str(Path(args.config).resolve()), "--work-dir", str(work_dir.resolve()),
              "--launcher", "slurm", "--resume", *args.train_args]
     marker = shlex.quote(str(work_dir.resolve() / REQUEUE_MARKER))
     lines = [

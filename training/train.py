@@ -10,10 +10,10 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from training.config import ConfigError, apply_overrides, check_mmseg1, config_text, load_config, merge
-from training.dist import START_TIMEOUT_S, LaunchError, broadcast_object, cleanup, init_distributed
+from training.dist import START_TIMEOUT_S, DistInfo, LaunchError, broadcast_object, cleanup, init_distributed
 
 log = logging.getLogger("mtp.train")
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -71,9 +71,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = resolve_config(args)
-        info = init_distributed(args.launcher, args.port, start_timeout_s=args.start_timeout)
-    except (ConfigError, LaunchError, ValueError) as exc:
+    except (ConfigError, ValueError) as exc:
         print(f"mtp-train: error: {exc}", file=sys.stderr)
+        return 2
+
+    def trainer(cfg: dict, work_dir: Path, info: DistInfo):  # imported late: the CLI starts fast, errors show early
+        from training.loop import Trainer
+
+        return Trainer(cfg, work_dir, info)
+
+    return launch(args, cfg, trainer, "mtp-train")
+
+
+def launch(args: argparse.Namespace, cfg: dict, build: Callable[[dict, Path, DistInfo], Any], prog: str) -> int:
+    """Start the processes' group, prepare the work dir and its log, build the runner and run (or resume) it; user
+    errors are one line on stderr and exit code 2 (shared by ``mtp-train`` and ``mtp-pretrain``)."""
+    try:
+        info = init_distributed(args.launcher, args.port, start_timeout_s=args.start_timeout)
+    except (LaunchError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=cfg.get("log_level", "INFO") if info.is_main else "WARNING", format=LOG_FORMAT,
                         stream=sys.stdout)
@@ -86,15 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     work_dir = Path(broadcast_object(str(work_dir), info))
 
     from mtp_core.device import describe_device
-    from training.loop import Trainer
 
     if info.is_main:
         log.info("device: %s; %d process(es)", describe_device(info.device), info.world_size)
     try:
-        trainer = Trainer(cfg, work_dir, info)
-        return trainer.run(args.resume)
+        return build(cfg, work_dir, info).run(args.resume)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"mtp-train: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     finally:
         cleanup()

@@ -16,6 +16,7 @@ from mtp_core.checkpoint.layouts import (
     card_dict,
     describe_dims,
     extract_state_dict,
+    instance_model_for,
     preset_segmentors,
     segmentor_for,
     split_parts,
@@ -24,12 +25,40 @@ from mtp_core.checkpoint.load import LoadReport, head_channels, load_into
 from mtp_core.checkpoint.safe_load import CheckpointError, PathLike, safe_load
 from mtp_core.device import resolve_device
 from mtp_core.models.card import ModelCard
-from mtp_core.models.registry import create_model, default_card, model_entry
+from mtp_core.models.registry import create_model, default_card, list_models, model_entry
 
 
 def file_classes(state: Mapping[str, Tensor]) -> int | None:
+    """The classes a file's head predicts: a segmentor's ``decode_head.conv_seg`` rows, a Mask R-CNN's ``fc_cls``
+    rows without the background."""
     weight = state.get("decode_head.conv_seg.weight")
-    return int(weight.shape[0]) if weight is not None else None
+    if weight is not None:
+        return int(weight.shape[0])
+    weight = state.get("roi_head.bbox_head.fc_cls.weight")
+    return int(weight.shape[0]) - 1 if weight is not None else None
+
+
+def maskrcnn_args(state: Mapping[str, Tensor], prefix: str = "") -> dict[str, int]:
+    """``channels`` and ``fc_out_channels`` of a Mask R-CNN's decoder (``prefix``: ``inssegdecoder.`` in MTP's
+    pretraining files)."""
+    lateral = state.get(f"{prefix}neck.lateral_convs.0.conv.weight")
+    fc = state.get(f"{prefix}roi_head.bbox_head.shared_fcs.1.weight")
+    if lateral is None or fc is None:
+        raise CheckpointError(f"no Mask R-CNN decoder in this file ({prefix}neck.* / {prefix}roi_head.* missing)")
+    return {"channels": int(lateral.shape[0]), "fc_out_channels": int(fc.shape[0])}
+
+
+def _maskrcnn_target(state: Mapping[str, Tensor], parts: Any, architecture: str | None,
+                     num_classes: int | None) -> tuple[str, dict[str, Any], ModelCard]:
+    """A Mask R-CNN for an mmdet-named file without a card: backbone size, decoder widths and classes from the
+    weights."""
+    dims = backbone_dims(state, parts.backbone)
+    name = architecture or instance_model_for(dims)
+    if name is None or model_entry(name).kind != "instance":
+        raise CheckpointError(f"this Mask R-CNN file holds {describe_dims(dims)}; pass one of "
+                              f"{', '.join(list_models('instance'))} (CLI: --arch)")
+    args: dict[str, Any] = {"num_classes": num_classes or file_classes(state) or 1, **maskrcnn_args(state)}
+    return name, args, default_card(name, **args)
 
 
 def _with_classes(name: str, args: dict[str, Any], num_classes: int) -> dict[str, Any]:
@@ -65,13 +94,17 @@ def target_for(
         if architecture is not None and architecture != card.architecture:
             raise CheckpointError(f"the checkpoint was saved for {card.architecture}, not {architecture}")
         args = dict(card.arch_args)
-        if num_classes is not None and num_classes != card.num_classes:
+        instance = model_entry(card.architecture).kind == "instance"  # its card lists background + object classes
+        current = card.num_classes - 1 if instance else card.num_classes
+        if num_classes is not None and num_classes != current:
             args = _with_classes(card.architecture, args, num_classes)
             classes = default_card(card.architecture, num_classes=num_classes).classes
             card = card.replace(arch_args=args, classes=classes)
         return card.architecture, args, card
 
     parts = split_parts(state, layout)
+    if layout == "mmdet_maskrcnn":
+        return _maskrcnn_target(state, parts, architecture, num_classes)
     if architecture is None:
         dims = backbone_dims(state, parts.backbone)
         architecture = segmentor_for(dims)

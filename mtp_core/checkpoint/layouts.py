@@ -19,6 +19,7 @@ LAYOUTS: dict[str, str] = {
     "mmseg": "MMSeg/MMEngine fine-tuned segmentor (backbone.* + decode_head.*)",
     "mtp_pretrain": "full MTP multi-task pretraining model (encoder.* + semsegdecoder/insseg/rotdet decoders)",
     "change_ckpt": "output of MTP's scripts/change_ckpt.py (backbone.* with the pretraining decoders)",
+    "mmdet_maskrcnn": "Mask R-CNN with MMDet's names (backbone.*, neck.*, rpn_head.*, roi_head.*)",
     "backbone_prefixed": "backbone.* checkpoint without a segmentation head (MMDet/MMRotate/MMPretrain)",
     "mtp_encoder": "MTP pretraining encoder (*_pretrn_model_encoder.pth: no prefix, with norm.*)",
     "mae": "MAE pretraining (cls_token, mask_token, decoder_*)",
@@ -64,6 +65,8 @@ def _classify(keys: list[str], has_card: bool) -> str:
     if any(k.startswith("backbone.") for k in keys):
         if any(k.startswith(PRETRAIN_DECODER_MARKS) for k in keys):
             return "change_ckpt"
+        if any(k.startswith("roi_head.mask_head.") for k in keys):
+            return "mmdet_maskrcnn"
         return "mmseg" if any(k.startswith("decode_head.") for k in keys) else "backbone_prefixed"
     if any(k.startswith(("cls_token", "mask_token", "decoder_")) for k in keys):
         return "mae"
@@ -126,7 +129,7 @@ def backbone_dims(state: Mapping[str, Tensor], backbone: Mapping[str, str]) -> t
 
 @lru_cache(maxsize=None)
 def _segmentor_dims(name: str) -> tuple[int, int]:
-    """(embed_dim, depth) of a registered segmentor's backbone, built on the meta device (no memory, no init)."""
+    """(embed_dim, depth) of a registered segmentor's (or Mask R-CNN's) backbone, built on the meta device."""
     with torch.device("meta"):
         model = create_model(name)
     return model.backbone.embed_dim, len(model.backbone.blocks)
@@ -142,6 +145,11 @@ def preset_segmentors() -> list[str]:
 def segmentor_for(dims: tuple[int, int] | None) -> str | None:
     """The preset segmentor whose backbone has these (embed_dim, depth), if any."""
     return next((n for n in preset_segmentors() if dims is not None and _segmentor_dims(n) == dims), None)
+
+
+def instance_model_for(dims: tuple[int, int] | None) -> str | None:
+    """The Mask R-CNN (``mtp_vit_*_rvsa_maskrcnn``) whose backbone has these (embed_dim, depth), if any."""
+    return next((n for n in list_models("instance") if dims is not None and _segmentor_dims(n) == dims), None)
 
 
 def describe_dims(dims: tuple[int, int] | None) -> str:

@@ -24,11 +24,12 @@ from mtp_core.checkpoint.layouts import (
 )
 from mtp_core.checkpoint.resize import resize_pos_embed, resize_rel_pos
 from mtp_core.checkpoint.safe_load import CheckpointError, PathLike, safe_load
+from mtp_core.models.maskrcnn import MaskRCNN
 from mtp_core.models.multitask import MultiTaskModel, task_of_key
 
 Mismatch = tuple[str, tuple[int, ...], tuple[int, ...]]  # (model key, file shape, model shape)
-ReuseDecoder = Literal["none", "semseg", "rotdet"]
-REUSE_CHOICES = ("none", "semseg", "rotdet")
+ReuseDecoder = Literal["none", "semseg", "insseg", "rotdet"]
+REUSE_CHOICES = ("none", "semseg", "insseg", "rotdet")
 
 
 
@@ -200,7 +201,7 @@ def _fit_shapes(
 
 
 def load_into(
-    model: nn.Module, obj: Any, source: str, reuse_decoder: str, reinit_classifier: bool
+    model: nn.Module, obj: Any, source: str, reuse_decoder: str, reinit_classifier: bool, dataset: int | None = None
 ) -> LoadReport:
     if reuse_decoder not in REUSE_CHOICES:
         raise ValueError(f"reuse_decoder must be one of {', '.join(REUSE_CHOICES)}, got {reuse_decoder!r}")
@@ -210,6 +211,12 @@ def load_into(
             "models have no rotated-detection head. Use convert_checkpoint(src, dst, reuse_decoder='rotdet')"
         )
     state, layout = extract_state_dict(obj)
+    if isinstance(model, MaskRCNN):
+        return _load_maskrcnn(model, state, layout, source, reuse_decoder, reinit_classifier, dataset)
+    if reuse_decoder == "insseg" or dataset is not None:
+        raise CheckpointError(
+            "reuse_decoder='insseg' (and its dataset) loads MTP's instance decoder into a Mask R-CNN model "
+            "(mtp_vit_b_rvsa_maskrcnn, ...), not into this model")
     parts = split_parts(state, layout)
     if isinstance(model, MultiTaskModel):
         if reuse_decoder != "none" or reinit_classifier:
@@ -302,6 +309,54 @@ def _load_multitask(
     return report
 
 
+def _load_maskrcnn(model: MaskRCNN, state: Mapping[str, Tensor], layout: str, source: str, reuse_decoder: str,
+                   reinit_classifier: bool, dataset: int | None) -> LoadReport:
+    """Backbone, FPN, RPN and RoI heads by name (or, with ``reuse_decoder='insseg'``, from MTP's instance decoder and
+    optionally one pretraining dataset's predictors; see :mod:`.instance`); position tables resized as for
+    segmentors; predictors of another class count refused unless ``reinit_classifier``."""
+    from mtp_core.checkpoint.instance import FC_REG_NOTE, PREDICTORS, check_reuse, plan_maskrcnn
+
+    if reuse_decoder == "semseg":
+        raise CheckpointError("reuse_decoder='semseg' loads a decode head: a Mask R-CNN model has none (use 'insseg')")
+    reuse = reuse_decoder == "insseg"
+    if reuse:
+        check_reuse(state, layout, dataset, model.num_classes)
+    elif dataset is not None:
+        raise CheckpointError("a pretraining dataset's predictors are taken with reuse_decoder='insseg' only")
+    target = model.state_dict()
+    plan, unused, dropped, unexpected = plan_maskrcnn(model, state, layout, reuse, dataset)
+    report = LoadReport(layout=layout, source=source, unused=unused, dropped=dropped)
+    predictors = tuple(PREDICTORS.values())
+    if reinit_classifier:
+        report.reinitialized = [k for k in target if k.startswith(predictors)]
+        report.dropped.extend(plan.pop(k) for k in report.reinitialized if k in plan)
+    num_extra = 1 if "cls_token" in split_parts(state, layout).backbone else 0
+    tensors, mismatched, _ = _fit_shapes(plan, state, target, "backbone.pos_embed", num_extra, report)
+    classes = [m for m in mismatched if m[0].startswith(predictors)]
+    others = [m for m in mismatched if not m[0].startswith(predictors)]
+    if others or unexpected:
+        dims = backbone_dims(state, {k.removeprefix("backbone."): v for k, v in plan.items()})
+        raise _architecture_error(source, others, unexpected, dims, None, model)
+    if classes:
+        key, have, want = classes[0]
+        raise CheckpointError(
+            f"{source}: {key} is trained for another number of classes (file {have}, model {want}); build the "
+            f"model with the file's classes, or start new predictors with reinit_classifier=True (CLI: --num-classes)")
+    if not tensors:
+        raise CheckpointError(f"nothing in {source} fits this Mask R-CNN (a {LAYOUTS[layout]} file)")
+    model.load_state_dict(tensors, strict=False)
+    report.loaded = list(tensors)
+    report.missing = [k for k in target if k not in tensors and k not in report.reinitialized]
+    if reuse:
+        report.notes.append("neck, rpn_head and roi_head from MTP's pretrained instance decoder (inssegdecoder)")
+        if dataset is not None:
+            report.notes.append(f"fc_cls, fc_reg and conv_logits from pretraining dataset {dataset}'s predictors")
+            report.notes.append(FC_REG_NOTE)
+    elif any(k.startswith("inssegdecoder.") for k in state):
+        report.notes.append("the file has MTP's pretrained instance decoder: reuse_decoder='insseg' loads it")
+    return report
+
+
 def _plan_semseg_decoder(
     model: nn.Module,
     state: Mapping[str, Tensor],
@@ -343,6 +398,7 @@ def load_weights(
     *,
     reuse_decoder: ReuseDecoder = "none",
     reinit_classifier: bool = False,
+    dataset: int | None = None,
 ) -> LoadReport:
     """Load any supported checkpoint (a path or an already loaded object) into a backbone or a segmentor.
 
@@ -350,8 +406,10 @@ def load_weights(
     as the original ``init_weights`` does, and what the model can't use is dropped and reported. Shapes are strict:
     anything else that does not fit raises :class:`CheckpointError` naming the keys (another architecture, another
     number of classes — ``reinit_classifier=True`` starts a new classifier instead of loading it).
-    ``reuse_decoder='semseg'`` also loads MTP's pretrained UperNet into ``decode_head`` (256 channels).
+    ``reuse_decoder='semseg'`` also loads MTP's pretrained UperNet into ``decode_head`` (256 channels);
+    ``reuse_decoder='insseg'`` loads its instance decoder into a Mask R-CNN (with ``dataset`` k, 1-based, also that
+    pretraining dataset's predictors).
     """
     if isinstance(source, Mapping):
-        return load_into(model, source, "<checkpoint object>", reuse_decoder, reinit_classifier)
-    return load_into(model, safe_load(source), str(source), reuse_decoder, reinit_classifier)
+        return load_into(model, source, "<checkpoint object>", reuse_decoder, reinit_classifier, dataset)
+    return load_into(model, safe_load(source), str(source), reuse_decoder, reinit_classifier, dataset)

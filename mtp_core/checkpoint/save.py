@@ -15,6 +15,7 @@ from mtp_core.checkpoint.load import is_segmentor
 from mtp_core.checkpoint.safe_load import PathLike
 from mtp_core.io.atomic import atomic_path
 from mtp_core.models.card import ModelCard
+from mtp_core.models.maskrcnn import MaskRCNN
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
@@ -53,12 +54,15 @@ def save_checkpoint(path: PathLike, model: nn.Module, card: ModelCard, **extra_m
     The card travels with the weights, so :func:`load_model` rebuilds the exact network and its data conventions.
     Everything in the file loads with ``torch.load(weights_only=True)`` (metadata must be plain values).
     """
-    if not is_segmentor(model):
-        raise ValueError("save_checkpoint writes segmentors (their card describes one); save a backbone inside one")
-    if model.decode_head.num_classes != card.num_classes:
-        raise ValueError(
-            f"the card lists {card.num_classes} classes but the model predicts {model.decode_head.num_classes}"
-        )
+    if isinstance(model, MaskRCNN):
+        predicted = model.num_classes + 1  # the card lists the background first
+    elif is_segmentor(model):
+        predicted = model.decode_head.num_classes
+    else:
+        raise ValueError("save_checkpoint writes segmentors and Mask R-CNNs (their card describes one); save a "
+                         "backbone inside one")
+    if predicted != card.num_classes:
+        raise ValueError(f"the card lists {card.num_classes} classes but the model predicts {predicted}")
     meta = {
         "model_card": card.to_dict(),
         "mtp_core_version": mtp_core.__version__,

@@ -1,5 +1,7 @@
-"""MTP models: the RVSA ViT backbone, UperNet/FCN heads, the segmentor and the named-model registry."""
+"""MTP models: the RVSA ViT backbone, UperNet/FCN heads, the segmentor, the multi-task framework, the Mask R-CNN
+fine-tuning model and the named-model registry."""
 from mtp_core.models.card import ModelCard
+from mtp_core.models.maskrcnn import MaskRCNN
 from mtp_core.models.multitask import MultiTaskModel
 from mtp_core.models.registry import create_model, default_card, list_models, model_entry
 from mtp_core.models.rvsa import RVSAViT
@@ -9,6 +11,7 @@ from mtp_core.models.upernet import FCNHead, UPerHead
 __all__ = [
     "EncoderDecoder",
     "FCNHead",
+    "MaskRCNN",
     "ModelCard",
     "MultiTaskModel",
     "RVSAViT",

@@ -10,7 +10,8 @@ Backbones are built through timm's ``build_model_with_cfg``, so timm's options w
 weights with ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`` (``custom_load``: the safe loader of
 :mod:`mtp_core.checkpoint`, any MTP / MAE / MMSeg layout) and ``checkpoint_path=PATH`` (timm's weights-only loader,
 then the same key remapping and resizing). ``create_model("mtp_vit_b_rvsa_multitask")`` builds the multi-task
-pretraining framework in the released layout.
+pretraining framework in the released layout, ``create_model("mtp_vit_b_rvsa_maskrcnn")`` the Mask R-CNN that its
+instance decoder initialises.
 """
 from __future__ import annotations
 
@@ -24,12 +25,13 @@ from timm.models import register_model as timm_register_model
 from torch import nn
 
 from mtp_core.models.card import ModelCard
+from mtp_core.models.maskrcnn import MaskRCNN
 from mtp_core.models.multitask import SAMRS_DATASETS, DatasetSpec, MultiTaskModel
 from mtp_core.models.rvsa import RVSAViT
 from mtp_core.models.segmentor import EncoderDecoder
 from mtp_core.models.upernet import FCNHead, UPerHead
 
-ModelKind = Literal["backbone", "segmentor", "multitask"]
+ModelKind = Literal["backbone", "segmentor", "multitask", "instance"]
 _TIMM_ONLY_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 _MEAN = tuple(v / 255.0 for v in (123.675, 116.28, 103.53))  # MTP's (MMSeg's) normalization, on timm's 0-1 scale
 _STD = tuple(v / 255.0 for v in (58.395, 57.12, 57.375))
@@ -210,8 +212,14 @@ def mtp_vit_tiny_rvsa_upernet(
 
 
 def default_card(name: str, **arch_args: Any) -> ModelCard:
-    """The model card of a named segmentor with MTP's SpaceNetv1 data conventions (released files carry none)."""
+    """The model card of a named segmentor (or Mask R-CNN) with MTP's SpaceNetv1 data conventions (released files
+    carry none). A Mask R-CNN's card lists background first, then its ``num_classes`` object classes."""
     entry = model_entry(name)
+    if entry.kind == "instance":
+        objects = arch_args.get("num_classes", 1)
+        classes = ("building",) if objects == 1 else tuple(f"class_{i}" for i in range(objects))
+        return ModelCard(architecture=name, arch_args=dict(arch_args), classes=("background", *classes),
+                         description=entry.description)
     if entry.kind != "segmentor":
         segmentors = ", ".join(list_models("segmentor"))
         raise ValueError(f"{name!r} is a {entry.kind}; a model card describes a segmentor ({segmentors})")
@@ -301,3 +309,27 @@ def mtp_vit_tiny_rvsa_multitask(
         decoder_args = {t: a for t, a in _TINY_DECODERS.items() if t in tasks}
     encoder = {**_VIT_TINY, **_PRETRAIN, "img_size": 128}
     return _multitask(pretrained, encoder, datasets, tasks, background, decoder_args, kwargs)
+
+
+def _maskrcnn(pretrained: bool, backbone_defaults: dict[str, Any], num_classes: int, channels: int,
+              fc_out_channels: int, kwargs: dict[str, Any]) -> MaskRCNN:
+    backbone = _segmentor_backbone(pretrained, backbone_defaults, kwargs)  # whole-model weights, as segmentors
+    return MaskRCNN(backbone, num_classes, channels, fc_out_channels)
+
+
+@_register("instance", "ViT-B + RVSA + Mask R-CNN (mmdet names), fine-tuned from MTP's instance decoder")
+def mtp_vit_b_rvsa_maskrcnn(pretrained: bool = False, num_classes: int = 1, channels: int = 256,
+                            fc_out_channels: int = 1024, **kwargs: Any) -> MaskRCNN:
+    return _maskrcnn(pretrained, {**_VIT_B, **_FINETUNE}, num_classes, channels, fc_out_channels, kwargs)
+
+
+@_register("instance", "ViT-L + RVSA + Mask R-CNN (mmdet names), fine-tuned from MTP's instance decoder")
+def mtp_vit_l_rvsa_maskrcnn(pretrained: bool = False, num_classes: int = 1, channels: int = 256,
+                            fc_out_channels: int = 1024, **kwargs: Any) -> MaskRCNN:
+    return _maskrcnn(pretrained, {**_VIT_L, **_FINETUNE}, num_classes, channels, fc_out_channels, kwargs)
+
+
+@_register("instance", "tiny RVSA ViT + narrow Mask R-CNN (32 ch, 128-wide box FCs) for tests and CPU demos")
+def mtp_vit_tiny_rvsa_maskrcnn(pretrained: bool = False, num_classes: int = 1, channels: int = 32,
+                               fc_out_channels: int = 128, **kwargs: Any) -> MaskRCNN:
+    return _maskrcnn(pretrained, {**_VIT_TINY, **_FINETUNE}, num_classes, channels, fc_out_channels, kwargs)

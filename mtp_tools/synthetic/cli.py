@@ -21,12 +21,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gsd", type=float, default=0.5, help="metres per pixel (default 0.5)")
     parser.add_argument("--epsg", type=int, default=32633, help="projected CRS of the outputs (default 32633)")
     parser.add_argument("--name", default="scene", help="file name prefix (default scene)")
-    parser.add_argument("--layout", choices=("flat", "spacenet"), default="flat",
+    parser.add_argument("--layout", choices=("flat", "spacenet", "samrs"), default="flat",
                         help="flat: NAME_i.tif + NAME_i.geojson; spacenet: SpaceNet v1's 3band/3band_NAME_img<i>.tif "
-                             "+ vectorData/geoJson/NAME_img<i>_Geo.geojson, for training.data's raw SpaceNet dataset")
+                             "+ vectorData/geoJson/NAME_img<i>_Geo.geojson, for training.data's raw SpaceNet dataset; "
+                             "samrs: images/, gray/ and instances.json (COCO RLE), for multi-task pretraining")
     args = parser.parse_args(argv)
     if args.size <= 0 or args.count <= 0 or args.gsd <= 0:
         parser.error("--size, --count and --gsd must be positive")
+    if args.layout == "samrs":
+        from mtp_tools.samrs import synthetic_images, write_samrs
+
+        images = synthetic_images(args.count, args.size, args.seed, args.name, args.gsd)
+        path = write_samrs(args.out_dir, images)
+        print(f"{path}: {len(images)} scenes, {sum(len(i.classes) for i in images)} building instances")
+        return 0
     for i in range(args.count):
         scene = render_scene(args.size, args.size, args.seed + i, args.gsd)
         if args.layout == "spacenet":

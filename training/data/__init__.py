@@ -8,10 +8,16 @@ Typical use by the training loop::
     imgs, gts = SegDataPreProcessor(mean, std, size=(384, 384))(next(iter(loader)), device)
 
 Packed sample: ``{"img": uint8 (3, H, W) RGB, "gt": uint8 (H, W) or None, "meta": {"path", "ori_shape", ...}}``.
+
+Multi-task pretraining reads SAMRS sets (:class:`SAMRSDataset`, MTP's transforms in :mod:`.instance_transforms`),
+batches them per dataset with :class:`MultiTaskDataPreprocessor` and zips the datasets' loaders
+(:class:`ZippedBatchSampler`).
 """
 from .datasets import DATASETS, SegDataset, SpaceNetV1Dataset, SpaceNetV1RawDataset, build_dataset, collate
+from .multitask_preprocess import MultiTaskDataPreprocessor
 from .preprocess import SegDataPreProcessor
 from .sampler import InfiniteSampler
+from .samrs import SAMRSDataset
 from .transforms import (
     TRANSFORMS,
     Compose,
@@ -29,10 +35,12 @@ from .transforms import (
     read_label,
     read_rgb,
 )
+from .zipped import ZippedBatchSampler
 
 __all__ = [
     "DATASETS", "TRANSFORMS", "Compose", "InfiniteSampler", "LoadAnnotations", "LoadImageFromFile", "PackSegInputs",
     "PhotoMetricDistortion", "RandomCrop", "RandomFlip", "RandomResize", "Resize", "SegDataPreProcessor",
     "SegDataset", "SpaceNetV1Dataset", "SpaceNetV1RawDataset", "Transform", "build_dataset", "build_pipeline",
-    "collate", "rasterize_geojson", "read_label", "read_rgb",
+    "collate", "rasterize_geojson", "read_label", "read_rgb", "MultiTaskDataPreprocessor", "SAMRSDataset",
+    "ZippedBatchSampler",
 ]

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mtp_core.models.multitask.insseg import InstanceSegDecoder
+from mtp_core.models.multitask.samrs import SAMRS_CLASSES
 from mtp_core.models.multitask.semseg import SemanticSegDecoder
 from mtp_core.models.multitask.structures import Batch
 from mtp_core.models.multitask.task import Losses, TaskDecoder
@@ -43,7 +44,7 @@ class DatasetSpec:
     num_classes: int
 
 
-SAMRS_DATASETS = (DatasetSpec("sota", 18), DatasetSpec("sior", 20), DatasetSpec("fast", 37))
+SAMRS_DATASETS = tuple(DatasetSpec(name, len(classes)) for name, classes in SAMRS_CLASSES.items())
 
 
 def _datasets(specs: Iterable[DatasetSpec | tuple[str, int]]) -> tuple[DatasetSpec, ...]:

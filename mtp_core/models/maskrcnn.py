@@ -1,0 +1,132 @@
+"""The Mask R-CNN fine-tuning model that MTP's instance decoder initialises: the RVSA encoder as ``backbone`` and
+mmdet 3.1's ``MaskRCNN`` heads, under mmdet's names and module order (``backbone.``, ``neck.``, ``rpn_head.``,
+``roi_head.bbox_head.{fc_cls,fc_reg,shared_fcs}``, ``roi_head.mask_head.{convs,upsample,conv_logits}``).
+
+It is the pretraining instance decoder with its per-dataset predictors moved inside the heads, as
+``mtp convert-ckpt --reuse-decoder insseg`` writes them: FPN (5 levels), RPN, RoIAlign 7/14, Shared2FC box head with
+``fc_cls`` (C+1, background last) and ``fc_reg`` (4·C), FCN mask head with ``conv_logits`` (C), and mmdet's
+``init_weights`` for what a checkpoint does not provide (Xavier FPN and shared FCs, N(0, 0.01) RPN convs and
+``fc_cls``, N(0, 0.001) ``fc_reg``, Kaiming ``upsample``/``conv_logits``). Boxes train toward the encoded ground
+truth, as mmdet's Mask R-CNN does (MTP's pretraining loss trained ``fc_reg`` toward a constant instead).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mtp_core.models.multitask.bbox_head import Shared2FCBBoxHead
+from mtp_core.models.multitask.fpn import FPN
+from mtp_core.models.multitask.insseg import TEST_NMS_PRE, TRAIN_NMS_PRE
+from mtp_core.models.multitask.mask_head import FCNMaskHead
+from mtp_core.models.multitask.roi_head import RoIHead
+from mtp_core.models.multitask.rpn_head import RPNHead
+from mtp_core.models.multitask.structures import Batch, InstanceResult
+from mtp_core.models.multitask.task import Losses
+from mtp_core.models.rvsa import RVSAViT
+
+
+class BBoxHeadWithPredictors(Shared2FCBBoxHead):
+    """Shared2FC with its own ``fc_cls``/``fc_reg``; state_dict order as mmdet's (predictors first)."""
+
+    def __init__(self, num_classes: int, in_channels: int = 256, roi_feat_size: int = 7,
+                 fc_out_channels: int = 1024) -> None:
+        super().__init__(in_channels, roi_feat_size, fc_out_channels)
+        self.fc_cls = nn.Linear(fc_out_channels, num_classes + 1)
+        self.fc_reg = nn.Linear(fc_out_channels, 4 * num_classes)
+        # mmdet's BBoxHead builds fc_cls/fc_reg before ConvFCBBoxHead adds its FCs: the same state_dict order
+        self._modules["shared_fcs"] = self._modules.pop("shared_fcs")
+
+    def init_weights(self) -> None:
+        for fc in self.shared_fcs:
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.zeros_(fc.bias)
+        nn.init.normal_(self.fc_cls.weight, 0, 0.01)
+        nn.init.normal_(self.fc_reg.weight, 0, 0.001)
+        nn.init.zeros_(self.fc_cls.bias)
+        nn.init.zeros_(self.fc_reg.bias)
+
+
+class MaskHeadWithPredictor(FCNMaskHead):
+    """The FCN mask head with its own ``conv_logits`` (one channel per class)."""
+
+    def __init__(self, num_classes: int, num_convs: int = 4, in_channels: int = 256,
+                 conv_out_channels: int = 256) -> None:
+        super().__init__(num_convs, in_channels, conv_out_channels)
+        self.conv_logits = nn.Conv2d(conv_out_channels, num_classes, 1)
+
+    def init_weights(self) -> None:
+        for module in (self.upsample, self.conv_logits):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+
+
+class MaskRCNN(nn.Module):
+    """``backbone`` (an RVSA ViT giving four maps), ``neck``, ``rpn_head`` and ``roi_head`` for ``num_classes``
+    object classes. ``forward`` gives the losses in training mode and the detections in eval mode."""
+
+    def __init__(self, backbone: RVSAViT, num_classes: int = 1, channels: int = 256, fc_out_channels: int = 1024):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1 (object classes, background not counted), got {num_classes}")
+        self.num_classes = num_classes
+        self.backbone = backbone
+        self.neck = FPN(backbone.out_channels, channels, num_outs=5)
+        self.rpn_head = RPNHead(channels, channels)
+        self.roi_head = RoIHead(channels, fc_out_channels, fix_bbox_target=True)
+        self.roi_head.bbox_head = BBoxHeadWithPredictors(num_classes, channels, 7, fc_out_channels)
+        self.roi_head.mask_head = MaskHeadWithPredictor(num_classes, 4, channels, channels)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """mmdet's init of the decoder (the backbone keeps its own)."""
+        for module in self.neck.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        for module in self.rpn_head.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0, 0.01)
+                nn.init.zeros_(module.bias)
+        self.roi_head.bbox_head.init_weights()
+        self.roi_head.mask_head.init_weights()
+
+    def extract_feat(self, inputs: Tensor) -> tuple[Tensor, ...]:
+        return self.neck(self.backbone(inputs))
+
+    def forward_train(self, batch: Batch) -> Losses:
+        """mmdet's losses: ``loss_rpn_cls``/``loss_rpn_bbox`` (per level), ``loss_cls``, ``acc``, ``loss_bbox``,
+        ``loss_mask``."""
+        feats = self.extract_feat(batch.inputs)
+        metas = [s.meta for s in batch.samples]
+        cls_scores, bbox_preds = self.rpn_head(feats)
+        rpn_losses, _ = self.rpn_head.loss(cls_scores, bbox_preds, batch.samples)
+        losses: Losses = dict(rpn_losses)
+        proposals = self.rpn_head.predict(cls_scores, bbox_preds, metas, TRAIN_NMS_PRE)
+        sampling = self.roi_head.sample(proposals, batch.samples)
+        bbox_head, mask_head = self.roi_head.bbox_head, self.roi_head.mask_head
+        losses.update(self.roi_head.bbox_loss(feats, sampling, bbox_head.fc_cls, bbox_head.fc_reg))
+        losses.update(self.roi_head.mask_loss(feats, sampling, batch.samples, mask_head.conv_logits))
+        return losses
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> list[InstanceResult]:
+        """Per image: at most 100 detections with binary masks at ``ori_shape``."""
+        feats = self.extract_feat(batch.inputs)
+        metas = [s.meta for s in batch.samples]
+        proposals = self.rpn_head.predict(*self.rpn_head(feats), metas, TEST_NMS_PRE)
+        bbox_head, mask_head = self.roi_head.bbox_head, self.roi_head.mask_head
+        return self.roi_head.predict(feats, proposals, metas, bbox_head.fc_cls, bbox_head.fc_reg,
+                                     mask_head.conv_logits)
+
+    def forward(self, batch: Batch) -> Any:
+        return self.forward_train(batch) if self.training else self.predict(batch)
+
+
+def parse_losses(losses: Losses) -> tuple[Tensor, dict[str, Tensor]]:
+    """mmdet's ``parse_losses``: the sum of the means of the entries whose key contains ``loss`` (per-level lists
+    summed), and every entry (detached) for logging."""
+    means = {k: v.mean() if isinstance(v, Tensor) else sum(x.mean() for x in v) for k, v in losses.items()}
+    total = sum(v for k, v in means.items() if "loss" in k)
+    return total, {k: v.detach() for k, v in means.items()}
