@@ -99,7 +99,7 @@ def overlay(work: Path, data: Path, out: Path) -> None:
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(out, dpi=80)
+    fig.savefig(out, dpi=80, bbox_inches="tight")  # titles kept inside the image
 
 
 def main() -> int:
