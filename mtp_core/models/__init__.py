@@ -1,6 +1,7 @@
 """MTP models: the RVSA ViT backbone, UperNet/FCN heads, the segmentor, the multi-task framework, the Mask R-CNN
-fine-tuning model and the named-model registry."""
+fine-tuning model, the segmentor with instances and the named-model registry."""
 from mtp_core.models.card import ModelCard
+from mtp_core.models.instance_segmentor import InstanceSegmentor
 from mtp_core.models.maskrcnn import MaskRCNN
 from mtp_core.models.multitask import MultiTaskModel
 from mtp_core.models.registry import create_model, default_card, list_models, model_entry
@@ -11,6 +12,7 @@ from mtp_core.models.upernet import FCNHead, UPerHead
 __all__ = [
     "EncoderDecoder",
     "FCNHead",
+    "InstanceSegmentor",
     "MaskRCNN",
     "ModelCard",
     "MultiTaskModel",

@@ -11,18 +11,20 @@ truth, as mmdet's Mask R-CNN does (MTP's pretraining loss trained ``fc_reg`` tow
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from mtp_core.models.multitask.anchors import AnchorGenerator
 from mtp_core.models.multitask.bbox_head import Shared2FCBBoxHead
 from mtp_core.models.multitask.fpn import FPN
 from mtp_core.models.multitask.insseg import TEST_NMS_PRE, TRAIN_NMS_PRE
 from mtp_core.models.multitask.mask_head import FCNMaskHead
 from mtp_core.models.multitask.roi_head import RoIHead
 from mtp_core.models.multitask.rpn_head import RPNHead
-from mtp_core.models.multitask.structures import Batch, InstanceResult
+from mtp_core.models.multitask.structures import Batch, ImageMeta, InstanceResult, Sample
 from mtp_core.models.multitask.task import Losses
 from mtp_core.models.rvsa import RVSAViT
 
@@ -62,24 +64,30 @@ class MaskHeadWithPredictor(FCNMaskHead):
             nn.init.zeros_(module.bias)
 
 
-class MaskRCNN(nn.Module):
-    """``backbone`` (an RVSA ViT giving four maps), ``neck``, ``rpn_head`` and ``roi_head`` for ``num_classes``
-    object classes. ``forward`` gives the losses in training mode and the detections in eval mode."""
+class InstanceHeads:
+    """The Mask R-CNN decoder on a backbone's four maps: ``neck`` (FPN, 5 levels), ``rpn_head`` and ``roi_head`` with
+    their own predictors, under mmdet's names, for any model that registers them at its top level (the Mask R-CNN
+    below, and the segmentor with instances of :mod:`mtp_core.models.seminst`)."""
 
-    def __init__(self, backbone: RVSAViT, num_classes: int = 1, channels: int = 256, fc_out_channels: int = 1024):
-        super().__init__()
+    neck: FPN
+    rpn_head: RPNHead
+    roi_head: RoIHead
+
+    def build_instance_heads(self, in_channels: list[int], num_classes: int, channels: int,
+                             fc_out_channels: int, anchor_scale: float = 8.0) -> None:
+        """Registers ``neck``, ``rpn_head``, ``roi_head`` (in mmdet's order) for ``num_classes`` object classes, with
+        mmdet's init. ``anchor_scale``: anchor side in strides (mmdet's and MTP's 8: 32 px at the finest level; 4
+        suits houses of 10-20 px, e.g. at 0.5 m; the weights do not depend on it)."""
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1 (object classes, background not counted), got {num_classes}")
-        self.num_classes = num_classes
-        self.backbone = backbone
-        self.neck = FPN(backbone.out_channels, channels, num_outs=5)
-        self.rpn_head = RPNHead(channels, channels)
+        self.neck = FPN(in_channels, channels, num_outs=5)
+        self.rpn_head = RPNHead(channels, channels, AnchorGenerator(scales=(anchor_scale,)))
         self.roi_head = RoIHead(channels, fc_out_channels, fix_bbox_target=True)
         self.roi_head.bbox_head = BBoxHeadWithPredictors(num_classes, channels, 7, fc_out_channels)
         self.roi_head.mask_head = MaskHeadWithPredictor(num_classes, 4, channels, channels)
-        self.init_weights()
+        self.init_instance_heads()
 
-    def init_weights(self) -> None:
+    def init_instance_heads(self) -> None:
         """mmdet's init of the decoder (the backbone keeps its own)."""
         for module in self.neck.modules():
             if isinstance(module, nn.Conv2d):
@@ -92,33 +100,92 @@ class MaskRCNN(nn.Module):
         self.roi_head.bbox_head.init_weights()
         self.roi_head.mask_head.init_weights()
 
+    def instance_losses(self, maps: Sequence[Tensor], samples: Sequence[Sample]) -> Losses:
+        """mmdet's losses from the backbone's maps: ``loss_rpn_cls``/``loss_rpn_bbox`` (per level), ``loss_cls``,
+        ``acc``, ``loss_bbox``, ``loss_mask``."""
+        feats = self.neck(maps)
+        metas = [s.meta for s in samples]
+        cls_scores, bbox_preds = self.rpn_head(feats)
+        rpn_losses, _ = self.rpn_head.loss(cls_scores, bbox_preds, samples)
+        losses: Losses = dict(rpn_losses)
+        proposals = self.rpn_head.predict(cls_scores, bbox_preds, metas, TRAIN_NMS_PRE)
+        sampling = self.roi_head.sample(proposals, samples)
+        bbox_head, mask_head = self.roi_head.bbox_head, self.roi_head.mask_head
+        losses.update(self.roi_head.bbox_loss(feats, sampling, bbox_head.fc_cls, bbox_head.fc_reg))
+        losses.update(self.roi_head.mask_loss(feats, sampling, samples, mask_head.conv_logits))
+        return losses
+
+    def _detect(self, maps: Sequence[Tensor], metas: Sequence[ImageMeta]) -> tuple[list[Tensor], list]:
+        """FPN maps and the per-image ``(bboxes, scores, labels)`` at ``img_shape``."""
+        feats = self.neck(maps)
+        proposals = self.rpn_head.predict(*self.rpn_head(feats), metas, TEST_NMS_PRE)
+        bbox_head = self.roi_head.bbox_head
+        dets, _, _ = self.roi_head.predict_bbox(feats, proposals, metas, bbox_head.fc_cls, bbox_head.fc_reg)
+        return feats, dets
+
+    def predict_instances(self, maps: Sequence[Tensor], metas: Sequence[ImageMeta]) -> list[InstanceResult]:
+        """Per image: at most 100 detections with binary masks at ``ori_shape`` (mmdet's test path)."""
+        feats = self.neck(maps)
+        proposals = self.rpn_head.predict(*self.rpn_head(feats), metas, TEST_NMS_PRE)
+        bbox_head, mask_head = self.roi_head.bbox_head, self.roi_head.mask_head
+        return self.roi_head.predict(feats, proposals, metas, bbox_head.fc_cls, bbox_head.fc_reg,
+                                     mask_head.conv_logits)
+
+    def predict_soft_instances(self, maps: Sequence[Tensor], metas: Sequence[ImageMeta]) -> list[SoftInstances]:
+        """Per image: the detections with their unpasted mask probabilities (28 x 28, of the predicted class), boxes
+        at ``ori_shape``; what tiled inference pastes into its own windows."""
+        feats, dets = self._detect(maps, metas)
+        boxes = [d[0] for d in dets]
+        conv_logits = self.roi_head.mask_head.conv_logits
+        logits = self.roi_head.predict_mask_logits(feats, boxes, conv_logits) if sum(len(b) for b in boxes) else None
+        out, start = [], 0
+        for (bboxes, scores, labels), meta in zip(dets, metas):
+            n = bboxes.shape[0]
+            scale = bboxes.new_tensor(meta.scale_factor).repeat(2)
+            probs = (logits[start:start + n][torch.arange(n), labels].sigmoid() if n
+                     else bboxes.new_zeros((0, self.roi_head.mask_size, self.roi_head.mask_size)))
+            out.append(SoftInstances(bboxes / scale, scores, labels, probs))
+            start += n
+        return out
+
+
+@dataclass
+class SoftInstances:
+    """Detections of one image: ``bboxes`` (n, 4) at ``ori_shape``, ``scores`` (n,), 0-based ``labels`` (n,) and
+    ``mask_probs`` (n, 28, 28), each the predicted class's mask probability over its box."""
+
+    bboxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    mask_probs: Tensor
+
+
+class MaskRCNN(InstanceHeads, nn.Module):
+    """``backbone`` (an RVSA ViT giving four maps), ``neck``, ``rpn_head`` and ``roi_head`` for ``num_classes``
+    object classes. ``forward`` gives the losses in training mode and the detections in eval mode."""
+
+    def __init__(self, backbone: RVSAViT, num_classes: int = 1, channels: int = 256, fc_out_channels: int = 1024):
+        super().__init__()
+        self.num_classes = num_classes
+        self.backbone = backbone
+        self.build_instance_heads(backbone.out_channels, num_classes, channels, fc_out_channels)
+
+    def init_weights(self) -> None:
+        """mmdet's init of the decoder (the backbone keeps its own)."""
+        self.init_instance_heads()
+
     def extract_feat(self, inputs: Tensor) -> tuple[Tensor, ...]:
         return self.neck(self.backbone(inputs))
 
     def forward_train(self, batch: Batch) -> Losses:
         """mmdet's losses: ``loss_rpn_cls``/``loss_rpn_bbox`` (per level), ``loss_cls``, ``acc``, ``loss_bbox``,
         ``loss_mask``."""
-        feats = self.extract_feat(batch.inputs)
-        metas = [s.meta for s in batch.samples]
-        cls_scores, bbox_preds = self.rpn_head(feats)
-        rpn_losses, _ = self.rpn_head.loss(cls_scores, bbox_preds, batch.samples)
-        losses: Losses = dict(rpn_losses)
-        proposals = self.rpn_head.predict(cls_scores, bbox_preds, metas, TRAIN_NMS_PRE)
-        sampling = self.roi_head.sample(proposals, batch.samples)
-        bbox_head, mask_head = self.roi_head.bbox_head, self.roi_head.mask_head
-        losses.update(self.roi_head.bbox_loss(feats, sampling, bbox_head.fc_cls, bbox_head.fc_reg))
-        losses.update(self.roi_head.mask_loss(feats, sampling, batch.samples, mask_head.conv_logits))
-        return losses
+        return self.instance_losses(self.backbone(batch.inputs), batch.samples)
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[InstanceResult]:
         """Per image: at most 100 detections with binary masks at ``ori_shape``."""
-        feats = self.extract_feat(batch.inputs)
-        metas = [s.meta for s in batch.samples]
-        proposals = self.rpn_head.predict(*self.rpn_head(feats), metas, TEST_NMS_PRE)
-        bbox_head, mask_head = self.roi_head.bbox_head, self.roi_head.mask_head
-        return self.roi_head.predict(feats, proposals, metas, bbox_head.fc_cls, bbox_head.fc_reg,
-                                     mask_head.conv_logits)
+        return self.predict_instances(self.backbone(batch.inputs), [s.meta for s in batch.samples])
 
     def forward(self, batch: Batch) -> Any:
         return self.forward_train(batch) if self.training else self.predict(batch)

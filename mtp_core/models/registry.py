@@ -11,7 +11,8 @@ weights with ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`` (``cust
 :mod:`mtp_core.checkpoint`, any MTP / MAE / MMSeg layout) and ``checkpoint_path=PATH`` (timm's weights-only loader,
 then the same key remapping and resizing). ``create_model("mtp_vit_b_rvsa_multitask")`` builds the multi-task
 pretraining framework in the released layout, ``create_model("mtp_vit_b_rvsa_maskrcnn")`` the Mask R-CNN that its
-instance decoder initialises.
+instance decoder initialises, ``create_model("mtp_vit_b_rvsa_upernet_maskrcnn")`` the segmentor with instances that
+both its decoders initialise (buildings that touch come out one by one).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from timm.models import register_model as timm_register_model
 from torch import nn
 
 from mtp_core.models.card import ModelCard
+from mtp_core.models.instance_segmentor import InstanceSegmentor
 from mtp_core.models.maskrcnn import MaskRCNN
 from mtp_core.models.multitask import SAMRS_DATASETS, DatasetSpec, MultiTaskModel
 from mtp_core.models.rvsa import RVSAViT
@@ -333,3 +335,53 @@ def mtp_vit_l_rvsa_maskrcnn(pretrained: bool = False, num_classes: int = 1, chan
 def mtp_vit_tiny_rvsa_maskrcnn(pretrained: bool = False, num_classes: int = 1, channels: int = 32,
                                fc_out_channels: int = 128, **kwargs: Any) -> MaskRCNN:
     return _maskrcnn(pretrained, {**_VIT_TINY, **_FINETUNE}, num_classes, channels, fc_out_channels, kwargs)
+
+
+def _upernet_maskrcnn(pretrained: bool, backbone_defaults: dict[str, Any], num_classes: int, decode_channels: int,
+                      channels: int, fc_out_channels: int, kwargs: dict[str, Any]) -> InstanceSegmentor:
+    backbone = _segmentor_backbone(pretrained, backbone_defaults, kwargs)
+    head = UPerHead(backbone.out_channels, decode_channels, num_classes)
+    return InstanceSegmentor(backbone, head, None, channels, fc_out_channels)
+
+
+@_register("segmentor", "ViT-B + RVSA + UperNet (256 ch) + Mask R-CNN: buildings and one instance per building")
+def mtp_vit_b_rvsa_upernet_maskrcnn(pretrained: bool = False, num_classes: int = 2, decode_channels: int = 256,
+                                    channels: int = 256, fc_out_channels: int = 1024,
+                                    **kwargs: Any) -> InstanceSegmentor:
+    """MTP's pretrained decoders' widths (UperNet 256, FPN 256, box FCs 1024); ``num_classes`` semantic classes,
+    background included (the instances are the other classes)."""
+    return _upernet_maskrcnn(pretrained, {**_VIT_B, **_FINETUNE}, num_classes, decode_channels, channels,
+                             fc_out_channels, kwargs)
+
+
+@_register("segmentor", "ViT-L + RVSA + UperNet (256 ch) + Mask R-CNN: buildings and one instance per building")
+def mtp_vit_l_rvsa_upernet_maskrcnn(pretrained: bool = False, num_classes: int = 2, decode_channels: int = 256,
+                                    channels: int = 256, fc_out_channels: int = 1024,
+                                    **kwargs: Any) -> InstanceSegmentor:
+    return _upernet_maskrcnn(pretrained, {**_VIT_L, **_FINETUNE}, num_classes, decode_channels, channels,
+                             fc_out_channels, kwargs)
+
+
+@_register("segmentor", "tiny RVSA ViT + UperNet (64 ch) + Mask R-CNN (32 ch) for tests and CPU demos")
+def mtp_vit_tiny_rvsa_upernet_maskrcnn(pretrained: bool = False, num_classes: int = 2, decode_channels: int = 64,
+                                       channels: int = 32, fc_out_channels: int = 128,
+                                       **kwargs: Any) -> InstanceSegmentor:
+    """The tiny multi-task framework's decoder widths, so its pretraining files convert into it."""
+    return _upernet_maskrcnn(pretrained, {**_VIT_TINY, **_FINETUNE}, num_classes, decode_channels, channels,
+                             fc_out_channels, kwargs)
+
+
+@_register("segmentor", "RVSA ViT + UperNet + Mask R-CNN with every argument given: what instance configs build")
+def mtp_rvsa_upernet_maskrcnn(
+    pretrained: bool = False,
+    backbone: dict[str, Any] | None = None,
+    decode_head: dict[str, Any] | None = None,
+    auxiliary_head: dict[str, Any] | None = None,
+    instance_decoder: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> InstanceSegmentor:
+    """Fully specified segmentor with instances: :func:`mtp_rvsa_upernet`'s three dicts plus ``instance_decoder``
+    (``channels``, ``fc_out_channels``, ``anchor_scale``); its model card records them all. Defaults are the ViT-B
+    model."""
+    seg = mtp_rvsa_upernet(pretrained, backbone, {"channels": 256, **(decode_head or {})}, auxiliary_head, **kwargs)
+    return InstanceSegmentor(seg.backbone, seg.decode_head, seg.auxiliary_head, **(instance_decoder or {}))

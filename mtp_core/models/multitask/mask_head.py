@@ -54,8 +54,9 @@ def mask_target(
         boxes = proposals.detach().clone()
         boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, width)
         boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, height)
-        rois = torch.cat([torch.arange(boxes.shape[0], device=boxes.device).to(boxes.dtype)[:, None], boxes], dim=1)
-        bitmaps = masks.index_select(0, assigned).to(dtype=rois.dtype)
+        # each RoI reads its own GT bitmap as its "image": the same crops as mmdet's, without a copy per RoI
+        rois = torch.cat([assigned.to(boxes.dtype)[:, None], boxes], dim=1)
+        bitmaps = masks.to(dtype=rois.dtype)
         crops = roi_align(bitmaps[:, None], rois, mask_size, 1.0, sampling_ratio=0, aligned=True).squeeze(1)
         targets.append((crops >= 0.5).float())
     return torch.cat(targets)
