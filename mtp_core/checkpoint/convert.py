@@ -1,6 +1,6 @@
 """Converting released checkpoints: a complete fine-tuning checkpoint (weights + model card, optionally the
-pretrained UperNet decoder), a Mask R-CNN fine-tuning checkpoint from the pretrained instance decoder, or the key
-renaming of MTP's ``scripts/change_ckpt.py`` for MMRotate."""
+pretrained UperNet decoder), a Mask R-CNN fine-tuning checkpoint from the pretrained instance decoder, a segmentor
+with instances from both, or the key renaming of MTP's ``scripts/change_ckpt.py`` for MMRotate."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -63,9 +63,13 @@ def convert_checkpoint(
         raise ValueError(f"reuse_decoder must be one of {', '.join(REUSE_CHOICES)}, got {reuse_decoder!r}")
     obj = safe_load(src)
     state, layout = extract_state_dict(obj)
-    if dataset is not None and reuse_decoder != "insseg":
+    if dataset is not None and reuse_decoder not in ("insseg", "semseg+insseg"):
         raise CheckpointError("--dataset chooses the pretraining dataset whose instance predictors are reused: it "
-                              "goes with --reuse-decoder insseg")
+                              "goes with --reuse-decoder insseg or semseg+insseg")
+    if reuse_decoder == "semseg+insseg":
+        from mtp_core.checkpoint.instance_segmentor import convert_to_instance_segmentor
+
+        return convert_to_instance_segmentor(obj, state, layout, src, dst, architecture, num_classes, dataset)
     if reuse_decoder == "insseg":
         return _convert_insseg(obj, state, layout, src, dst, architecture, num_classes, dataset)
     if reuse_decoder == "rotdet":

@@ -24,12 +24,13 @@ from mtp_core.checkpoint.layouts import (
 )
 from mtp_core.checkpoint.resize import resize_pos_embed, resize_rel_pos
 from mtp_core.checkpoint.safe_load import CheckpointError, PathLike, safe_load
+from mtp_core.models.instance_segmentor import InstanceSegmentor
 from mtp_core.models.maskrcnn import MaskRCNN
 from mtp_core.models.multitask import MultiTaskModel, task_of_key
 
 Mismatch = tuple[str, tuple[int, ...], tuple[int, ...]]  # (model key, file shape, model shape)
-ReuseDecoder = Literal["none", "semseg", "insseg", "rotdet"]
-REUSE_CHOICES = ("none", "semseg", "insseg", "rotdet")
+ReuseDecoder = Literal["none", "semseg", "insseg", "semseg+insseg", "rotdet"]
+REUSE_CHOICES = ("none", "semseg", "insseg", "semseg+insseg", "rotdet")
 
 
 
@@ -211,6 +212,13 @@ def load_into(
             "models have no rotated-detection head. Use convert_checkpoint(src, dst, reuse_decoder='rotdet')"
         )
     state, layout = extract_state_dict(obj)
+    if isinstance(model, InstanceSegmentor):
+        from mtp_core.checkpoint.instance_segmentor import load_instance_segmentor
+
+        return load_instance_segmentor(model, obj, state, layout, source, reuse_decoder, reinit_classifier, dataset)
+    if reuse_decoder == "semseg+insseg":
+        raise CheckpointError("reuse_decoder='semseg+insseg' loads both of MTP's pretrained decoders into a segmentor "
+                              "with instances (mtp_vit_b_rvsa_upernet_maskrcnn, ...), not into this model")
     if isinstance(model, MaskRCNN):
         return _load_maskrcnn(model, state, layout, source, reuse_decoder, reinit_classifier, dataset)
     if reuse_decoder == "insseg" or dataset is not None:
