@@ -7,6 +7,7 @@ from typing import Sequence
 
 from mtp_tools.synthetic.files import write_scene
 from mtp_tools.synthetic.render import render_scene
+from mtp_tools.synthetic.touching import render_touching_scene, touching_fraction
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,9 +26,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="flat: NAME_i.tif + NAME_i.geojson; spacenet: SpaceNet v1's 3band/3band_NAME_img<i>.tif "
                              "+ vectorData/geoJson/NAME_img<i>_Geo.geojson, for training.data's raw SpaceNet dataset; "
                              "samrs: images/, gray/ and instances.json (COCO RLE), for multi-task pretraining")
+    parser.add_argument("--touching", type=float, default=None, metavar="FRACTION",
+                        help="scenes where about FRACTION (0-1) of the buildings share a wall with another: rows of "
+                             "terraced houses and semi-detached pairs, one label per house (flat and spacenet "
+                             "layouts)")
     args = parser.parse_args(argv)
     if args.size <= 0 or args.count <= 0 or args.gsd <= 0:
         parser.error("--size, --count and --gsd must be positive")
+    if args.touching is not None and not 0.0 <= args.touching <= 1.0:
+        parser.error(f"--touching is a fraction of the buildings, between 0 and 1; got {args.touching}")
+    if args.touching is not None and args.layout == "samrs":
+        parser.error("--touching writes the flat or spacenet layout (one polygon per house); not --layout samrs")
     if args.layout == "samrs":
         from mtp_tools.samrs import synthetic_images, write_samrs
 
@@ -36,7 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{path}: {len(images)} scenes, {sum(len(i.classes) for i in images)} building instances")
         return 0
     for i in range(args.count):
-        scene = render_scene(args.size, args.size, args.seed + i, args.gsd)
+        if args.touching is None:
+            scene = render_scene(args.size, args.size, args.seed + i, args.gsd)
+        else:
+            scene = render_touching_scene(args.size, args.size, args.seed + i, args.touching, args.gsd)
         if args.layout == "spacenet":
             chip = f"{args.name}_img{i + 1}"
             paths = (args.out_dir / "3band" / f"3band_{chip}.tif",
@@ -44,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             paths = (args.out_dir / f"{args.name}_{i}.tif", args.out_dir / f"{args.name}_{i}.geojson")
         tif, geojson = write_scene(scene, *paths, epsg=args.epsg)
-        print(f"{tif} + {geojson}: seed {args.seed + i}, {len(scene.buildings)} buildings, "
+        touching = "" if args.touching is None else f", {touching_fraction(scene.buildings):.0%} touching another"
+        print(f"{tif} + {geojson}: seed {args.seed + i}, {len(scene.buildings)} buildings{touching}, "
               f"{scene.cover:.1%} building cover")
     return 0
 

@@ -18,7 +18,7 @@ GeoJSON.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import shapely
@@ -423,6 +423,9 @@ def _park(rng: np.random.Generator, out: _LotWriter, width: float, depth: float)
         out.tree(rng.uniform(0, width), rng.uniform(0, depth), rng, (2.5, 6.0))
 
 
+BlockFiller = Callable[[np.random.Generator, "_Plan", tuple, "_Street", "_Street", "_Style", Polygon], None]
+
+
 @dataclass(frozen=True)
 class _Street:
     centre: float
@@ -453,7 +456,8 @@ def _add_street(plan: _Plan, st: _Street, lo: float, hi: float, along_u: bool) -
         plan.sidewalks += [(rect(inner, st.reach), None), (rect(-st.reach, -inner), None)]
 
 
-def _layout(rng: np.random.Generator, height: int, width: int, gsd_m: float, style: _Style) -> _Plan:
+def _layout(rng: np.random.Generator, height: int, width: int, gsd_m: float, style: _Style,
+            fill_block: BlockFiller | None = None) -> _Plan:
     """Streets, blocks and their contents in the street frame; only blocks near the scene are filled."""
     plan = _Plan()
     w_m, h_m = width * gsd_m, height * gsd_m
@@ -478,7 +482,7 @@ def _layout(rng: np.random.Generator, height: int, width: int, gsd_m: float, sty
         for c0, c1 in zip(row[:-1], row[1:]):
             block = (c0.centre + c0.reach, a.centre + a.reach, c1.centre - c1.reach, b.centre - b.reach)
             if view.intersects(box(*block)):
-                _block(rng, plan, block, a, b, style, view)
+                (fill_block or _block)(rng, plan, block, a, b, style, view)
     for j, st in enumerate(mains):
         if view.intersects(box(-reach, st.centre - st.reach, reach, st.centre + st.reach)):
             _add_street(plan, st, -reach, reach, along_u=True)
@@ -853,16 +857,19 @@ def _clip_to_scene(footprints: list[Polygon], height: int, width: int) -> tuple[
     return polys, np.array(owner, np.int64)
 
 
-def render_scene(height: int, width: int, seed: int, gsd_m: float = 0.5) -> Scene:
+def render_scene(height: int, width: int, seed: int, gsd_m: float = 0.5,
+                 fill_block: BlockFiller | None = None) -> Scene:
     """A synthetic suburb of ``height`` x ``width`` pixels at ``gsd_m`` metres per pixel, the same for the same seed.
 
     The mask is the pixel-centre rasterization of ``Scene.buildings`` (see :func:`rasterize_polygons`).
+    ``fill_block`` fills each street block instead of :func:`_block`, with its arguments (e.g. rows of houses that
+    share walls, :mod:`mtp_tools.synthetic.touching`).
     """
     if height <= 0 or width <= 0 or gsd_m <= 0:
         raise ValueError(f"need a positive size and gsd, got {height}x{width} at {gsd_m} m")
     rng = np.random.default_rng(seed)
     style = _scene_style(rng, gsd_m)
-    plan = _layout(rng, height, width, gsd_m, style)
+    plan = _layout(rng, height, width, gsd_m, style, fill_block)
     _keep_trees_off(plan)
     to_px = np.diag([1 / gsd_m, 1 / gsd_m, 1.0]) @ _shift(width * gsd_m / 2, height * gsd_m / 2) @ _rotation(
         style.grid_angle)
