@@ -178,7 +178,15 @@ def extract_buildings(
     """Predict, vectorize, write ``NAME_mask.tif`` and ``NAME_buildings.gpkg`` (and ``NAME_prob.tif``).
 
     ``source``: the polygons' ``source`` attribute (the raster's file name unless given, e.g. when ``raster`` is a
-    temporary cut-out of the raster the user chose)."""
+    temporary cut-out of the raster the user chose). A predictor with instances gives one polygon per building, also
+    where buildings touch (:mod:`mtp_core.instance_job`)."""
+    if getattr(predictor, "instances", False):
+        from mtp_core.instance_job import extract_building_instances
+
+        return extract_building_instances(
+            predictor, raster, out_dir, bands=bands, probabilities=probabilities, min_area_m2=min_area_m2,
+            simplify_m=simplify_m, regularize=regularize, pixel_crs=pixel_crs, skip_existing=skip_existing,
+            vector_ext=vector_ext, source=source, nodata=nodata, scaler=scaler, progress=progress, cancel=cancel)
     raster = Path(raster)
     mask_path, vector_path, prob_path = output_paths(raster, out_dir, vector_ext)
     if skip_existing and mask_path.exists() and vector_path.exists():

@@ -21,7 +21,7 @@ import torch
 
 from mtp_core.errors import UserError
 from mtp_core.progress import Progress
-from mtp_core.weights import DEMO_CHECKPOINT
+from mtp_core.weights import DEMO_CHECKPOINT, DEMO_INSTANCES_CHECKPOINT
 
 #: GDAL's default block cache (5 % of RAM) grows with the raster. Tiles are read row by row, so the cache only needs
 #: one row of tiles of the input (384 x 16384 px x 3 bands = 19 MB) and of each output: 64 MB is plenty.
@@ -38,8 +38,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         help="GeoTIFF/VRT/any GDAL raster (a lone VRT + --shard is split into its tiles)")
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", help="a checkpoint file (ours, MMSeg, MTP: any layout with a trained decoder)")
-    model.add_argument("--model", default="demo", help="'demo' (the embedded demo model, default) or a registered "
-                                                        "segmentor name (random weights: for speed tests)")
+    model.add_argument("--model", default="demo", help="'demo' (the embedded demo model, default), 'demo-instances' "
+                                                        "(the embedded demo instance model: one polygon per building) "
+                                                        "or a registered segmentor name (random weights: for speed "
+                                                        "tests)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -57,6 +59,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--simplify", type=float, default=0.25,
                         help="simplify tolerance in metres (default 0.25; 0=off)")
     parser.add_argument("--regularize", action="store_true", help="right-angled building outlines")
+    parser.add_argument("--semantic-only", action="store_true",
+                        help="with a model that finds instances, use its semantic decoder alone (buildings that touch "
+                             "then come out as one polygon)")
     parser.add_argument("--probabilities", action="store_true", help="also write NAME_prob.tif (uint8, P x 255)")
     parser.add_argument("--pixel-crs", action="store_true", help="accept rasters without georeference (pixel units)")
     parser.add_argument("--nodata", type=float, default=None,
@@ -94,12 +99,14 @@ def load_predictor(args: argparse.Namespace):
         device = f"cuda:{os.environ['LOCAL_RANK']}"  # one GPU per torchrun process
     options = dict(device=device, batch_size=args.batch_size, compile=args.compile, overlap=args.overlap,
                    threshold=args.threshold, tta=args.tta)
+    instances = not args.semantic_only
+    embedded = {"demo": DEMO_CHECKPOINT, "demo-instances": DEMO_INSTANCES_CHECKPOINT}
     if args.checkpoint:
-        predictor = Predictor.from_checkpoint(args.checkpoint, **options)
-    elif args.model == "demo":
-        if not DEMO_CHECKPOINT.is_file():
-            raise UserError(f"the embedded demo model is missing ({DEMO_CHECKPOINT}): reinstall the package")
-        predictor = Predictor.from_checkpoint(DEMO_CHECKPOINT, **options)
+        predictor = Predictor.from_checkpoint(args.checkpoint, instances=instances, **options)
+    elif args.model in embedded:
+        if not embedded[args.model].is_file():
+            raise UserError(f"the embedded model is missing ({embedded[args.model]}): reinstall the package")
+        predictor = Predictor.from_checkpoint(embedded[args.model], instances=instances, **options)
     else:
         print(f"warning: --model {args.model} without --checkpoint runs RANDOM weights (for speed tests only)",
               file=sys.stderr)

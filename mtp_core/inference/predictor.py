@@ -22,7 +22,7 @@ from mtp_core.errors import UserError
 from mtp_core.inference.sinks import CLASS_NODATA, ArraySink, RowSink
 from mtp_core.inference.sources import ArraySource, Prefetched, TileSource
 from mtp_core.io.scaling import normalize
-from mtp_core.models import EncoderDecoder, ModelCard
+from mtp_core.models import EncoderDecoder, InstanceSegmentor, ModelCard
 from mtp_core.progress import CancelCallback, Progress, ProgressCallback, check_cancel
 from mtp_core.tiling import Tile, TileGrid, blend_weights
 
@@ -152,14 +152,21 @@ class Predictor:
         return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, architecture: str | None = None, **kwargs: Any) -> "Predictor":
+    def from_checkpoint(cls, path: str | Path, architecture: str | None = None, instances: bool = True,
+                        **kwargs: Any) -> "Predictor":
         """A predictor for a checkpoint file (built as ``architecture`` when given, else as the file says);
         refused when the file has no trained decoder (its predictions would be random), with the report of what
-        loading did in :attr:`load_report`."""
+        loading did in :attr:`load_report`. A segmentor with instances gives an
+        :class:`~mtp_core.inference.instances.InstancePredictor` (one polygon per building) unless ``instances`` is
+        False (its semantic decoder alone)."""
         from mtp_core.checkpoint import load_model, require_decoder
 
         model, card, report = load_model(path, architecture=architecture or None)
         require_decoder(report, card.architecture)
+        if instances and cls is Predictor and isinstance(model, InstanceSegmentor):
+            from mtp_core.inference.instances import InstancePredictor
+
+            return InstancePredictor.for_model(model, card, report, **kwargs)
         return cls(model, card, load_report=report, **kwargs)
 
     def weights_summary(self) -> list[str]:

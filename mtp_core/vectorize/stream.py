@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import shapely
@@ -75,6 +75,7 @@ class _Options:
     model: str
     progress: ProgressCallback
     cancel: CancelCallback
+    class_of: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -104,14 +105,15 @@ def vectorize_raster_to_file(class_raster_path: str, output_path: str | Path, *,
                              classes: Sequence[int] | None = None, block_rows: int | None = None,
                              prob_raster_path: str | None = None, min_area_m2: float = 4.0, simplify_m: float = 0.25,
                              regularize: bool = False, source: str = "", model: str = "",
-                             progress: ProgressCallback = None,
-                             cancel: CancelCallback = None) -> dict[str, int]:
+                             progress: ProgressCallback = None, cancel: CancelCallback = None,
+                             class_of: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, int]:
     """:func:`vectorize_raster` streamed into a vector file (.gpkg, .geojson, .shp) in the raster's CRS: polygons are
     written as soon as they are final, the file appears only when complete. Returns the counts (see
-    :class:`VectorResult`)."""
+    :class:`VectorResult`). ``class_of``: each polygon's ``class`` from its raster value (default: the value), e.g.
+    for instance values (:mod:`mtp_core.vectorize.instances`), where every building has its own value."""
     rows, gt, crs_wkt = _open_class_raster(class_raster_path, prob_raster_path)
     opts = _options(classes, rows.nodata, block_rows, min_area_m2, simplify_m, regularize, source, model, progress,
-                    cancel)
+                    cancel, class_of=class_of)
     run = _Run(rows, gt, crs_wkt, opts)
     with VectorWriter(output_path, FIELDS, crs_wkt, ogr.wkbPolygon, layer_name,
                       text_widths={"source": max(len(source.encode()), 1), "model": max(len(model.encode()), 1)}) \
@@ -141,31 +143,34 @@ def vectorize_array(mask: np.ndarray, geotransform: Sequence[float], crs_wkt: st
                     nodata: int | None = None, classes: Sequence[int] | None = None, block_rows: int | None = None,
                     min_area_m2: float = 4.0, simplify_m: float = 0.25, regularize: bool = False, source: str = "",
                     model: str = "", progress: ProgressCallback = None, cancel: CancelCallback = None,
-                    whole: tuple[Sequence[float], int, int] | None = None) -> VectorResult:
+                    whole: tuple[Sequence[float], int, int] | None = None,
+                    class_of: Callable[[np.ndarray], np.ndarray] | None = None) -> VectorResult:
     """:func:`vectorize_raster` for an in-memory class mask (H, W), e.g. a window around a click.
 
     ``prob``: (H, W) probabilities of every class, or (K, H, W) with plane ``c`` for class ``c`` (background
     included, as ``Predictor.predict_array`` returns them); uint8 0-255 or float 0-1, quantized to 8 bits as in a
     file, so both paths score alike. ``whole``: the grid (geotransform, width, height) of the raster ``mask`` is a
     window of, so metres are measured exactly as for that raster (:class:`~mtp_core.io.metres.PixelMeasure`).
+    ``class_of``: as in :func:`vectorize_raster_to_file`.
     """
     if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer) and mask.dtype != bool:
         raise ValueError(f"mask must be a 2-D integer array, got {mask.dtype} {mask.shape}")
     opts = _options(classes, nodata, block_rows, min_area_m2, simplify_m, regularize, source, model, progress, cancel,
-                    whole)
+                    whole, class_of)
     return _vectorize(_ArrayRows(mask, prob), tuple(geotransform), crs_wkt, opts)
 
 
 def _options(classes: Sequence[int] | None, nodata: float | None, block_rows: int | None, min_area_m2: float,
              simplify_m: float, regularize: bool, source: str, model: str, progress: ProgressCallback,
-             cancel: CancelCallback, whole: tuple[Sequence[float], int, int] | None = None) -> _Options:
+             cancel: CancelCallback, whole: tuple[Sequence[float], int, int] | None = None,
+             class_of: Callable[[np.ndarray], np.ndarray] | None = None) -> _Options:
     if block_rows is not None and block_rows < 1:
         raise ValueError(f"block_rows must be at least 1, got {block_rows}")
     if min_area_m2 < 0 or simplify_m < 0:
         raise ValueError("min_area_m2 and simplify_m must not be negative")
     grid = None if whole is None else (tuple(float(v) for v in whole[0]), int(whole[1]), int(whole[2]))
     return _Options(grid, None if classes is None else frozenset(int(c) for c in classes), nodata, block_rows,
-                    float(min_area_m2), float(simplify_m), bool(regularize), source, model, progress, cancel)
+                    float(min_area_m2), float(simplify_m), bool(regularize), source, model, progress, cancel, class_of)
 
 
 class _RasterRows:
@@ -330,7 +335,7 @@ class _Run:
         self.counts["polygons"] += len(done.geoms)
         attributes = {
             "id": list(range(first, first + len(done.geoms))),
-            "class": [int(c) for c in done.cls],
+            "class": [int(c) for c in (done.cls if self.opts.class_of is None else self.opts.class_of(done.cls))],
             "score": [None if math.isnan(v) else float(v) for v in done.score],
             "area_m2": [float(a) for a in done.area_m2],
             "perimeter_m": [float(p) for p in done.perimeter_m],
