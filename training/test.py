@@ -156,6 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level="INFO" if info.is_main else "WARNING", stream=sys.stdout,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     work_dir = Path(args.work_dir or cfg.get("work_dir") or Path("work_dirs") / Path(args.config).stem)
+    if cfg["model"].get("instance_decoder"):  # a segmentor with instances (training.instances)
+        from training.instances import run_instance_test
+
+        try:
+            return run_instance_test(args, cfg, info, work_dir)
+        except (ConfigError, ValueError, FileNotFoundError) as exc:
+            print(f"mtp-test: error: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            cleanup()
     try:
         if not cfg.get("test_dataloader"):
             raise ValueError("the config has no test_dataloader")

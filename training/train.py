@@ -78,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def trainer(cfg: dict, work_dir: Path, info: DistInfo):  # imported late: the CLI starts fast, errors show early
         from training.loop import Trainer
 
+        if cfg["model"].get("instance_decoder"):  # a segmentor with instances (training.instances)
+            from training.instances import InstanceTrainer
+
+            return InstanceTrainer(cfg, work_dir, info)
         return Trainer(cfg, work_dir, info)
 
     return launch(args, cfg, trainer, "mtp-train")
