@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtp_core.click import ClickSegmenter, _Area, _region, _TilePrediction
+from mtp_core.click import ClickResult, ClickSegmenter, _Area, _region, _TilePrediction
 from mtp_core.inference import CLASS_NODATA, Predictor
 from mtp_core.inference.instance_merge import Detection, InstanceMerger, tile_detections
 from mtp_core.inference.instance_rows import InstanceRows
@@ -75,6 +75,14 @@ class InstanceClickSegmenter(ClickSegmenter):
             run_total += len(run)
         self.tiles_predicted += run_total
         return found, run_total
+
+    def segment_at(self, x: float, y: float, *, run_model: bool = True, cancel: CancelCallback = None) -> ClickResult:
+        """As :meth:`ClickSegmenter.segment_at`; a building found is one instance, and its name says so."""
+        result = super().segment_at(x, y, run_model=run_model, cancel=cancel)
+        if not result.found:
+            return result
+        return dataclasses.replace(result, class_name=f"{result.class_name} (instance, score "
+                                                      f"{result.attributes['score']:.2f})")
 
     def _blend(self, tiles: dict[tuple[int, int], _TilePrediction]) -> _Area:
         self._tiles = tiles  # the tiles of the click in progress: their detections make its instances

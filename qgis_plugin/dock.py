@@ -60,6 +60,8 @@ from .wording import for_dock
 CHECKPOINT_FILTER = "PyTorch checkpoints (*.pth *.pt *.ckpt);;All files (*)"
 #: (entry, value, tooltip): entries short enough for a 300 px dock, the details in the tooltip
 MODEL_CHOICES = (("Demo model", "demo", "The built-in demo model, trained on synthetic 0.5 m scenes"),
+                 ("Demo instances", "demo-instances", "The built-in demo model with instances: one polygon per "
+                                                      "building, also where buildings touch"),
                  ("Checkpoint file", "checkpoint", "An MTP, MAE or MMSeg checkpoint; its model card says the rest"),
                  ("Architecture + weights", "architecture", "A named MTP architecture built with a weights file"))
 AREA_CHOICES = (("Whole layer", "layer", "Every pixel of the raster layer"),
@@ -392,9 +394,10 @@ class MTPDock(QDockWidget):
             if not values.architecture or not values.weights:
                 raise ValueError("choose an architecture and its weights file, or the demo model under 'Model'")
             return ModelSpec(values.weights, values.architecture, **options)
-        from mtp_core.weights import DEMO_CHECKPOINT
+        from mtp_core.weights import DEMO_CHECKPOINT, DEMO_INSTANCES_CHECKPOINT
 
-        return ModelSpec(str(DEMO_CHECKPOINT), **options)
+        demo = DEMO_INSTANCES_CHECKPOINT if values.model_kind == "demo-instances" else DEMO_CHECKPOINT
+        return ModelSpec(str(demo), **options)
 
     def make_request(self) -> RunRequest:
         """The run's inputs as plain values (raises ValueError with what to fix)."""
@@ -450,12 +453,12 @@ class MTPDock(QDockWidget):
         self.save_settings()
 
         def make_segmenter():
-            from mtp_core.click import ClickSegmenter
+            from mtp_core.click_instances import segmenter_for
             from mtp_core.pipeline import with_nodata
 
             source = raster if nodata is None else str(with_nodata(raster, nodata, nodata_vrt))
-            segmenter = ClickSegmenter(predictors.get(spec), source, bands=bands, min_area_m2=values.min_area_m2,
-                                       simplify_m=values.simplify_m, regularize=values.regularize)
+            segmenter = segmenter_for(predictors.get(spec), source, bands=bands, min_area_m2=values.min_area_m2,
+                                      simplify_m=values.simplify_m, regularize=values.regularize)
             segmenter.source_name = Path(raster).name  # the layer's file, not the VRT
             return segmenter
 

@@ -137,9 +137,12 @@ class SegmentTask(QgsTask):
         final = free_name(out / request.run_name)
         os.replace(work / "out", final)
         stats = result.prediction.stats
+        instances = getattr(predictor, "instances", False)
+        apart = " (one per building: the model separates touching buildings)" if instances else ""
         return RunOutcome(  # the run's folder by name: a full path would not wrap in a narrow dock (the log has it)
-            "done", f"{result.buildings} buildings in {time.perf_counter() - started:.1f} s ({stats.tiles_run} tiles, "
-                    f"{stats.tiles_per_s:.1f} tiles/s on {stats.device.split(',')[0]}) in {final.name}",
+            "done", f"{result.buildings} buildings{apart} in {time.perf_counter() - started:.1f} s "
+                    f"({stats.tiles_run} tiles, {stats.tiles_per_s:.1f} tiles/s on {stats.device.split(',')[0]}) in "
+                    f"{final.name}",
             mask_path=final / result.mask_path.name, vector_path=final / result.vector_path.name,
             buildings=result.buildings)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from qgis.core import QgsSettings
 
 PREFIX = "mtp/dock/"
-MODEL_KINDS = ("demo", "checkpoint", "architecture")
+MODEL_KINDS = ("demo", "demo-instances", "checkpoint", "architecture")
 AREAS = ("layer", "extent", "polygons")
 DEVICES = ("auto", "cpu", "cuda")
 

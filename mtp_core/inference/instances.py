@@ -155,7 +155,12 @@ class InstancePredictor(Predictor):
     def run(self, source: TileSource, sink: InstanceRowSink, *, want_probs: bool = False,
             progress: ProgressCallback = None, cancel: CancelCallback = None, km2_per_pixel: float = 0.0,
             prefetch: bool = True) -> RunStats:
-        """Predict every tile of ``source`` and stream finished semantic and instance rows into ``sink``."""
+        """Predict every tile of ``source`` and stream finished semantic and instance rows into ``sink``; a sink
+        without instance rows (the class raster alone, ``predict_raster``) gets the semantic rows as the plain
+        :class:`Predictor` makes them."""
+        if not hasattr(sink, "write_instance_rows"):
+            return super().run(source, sink, want_probs=want_probs, progress=progress, cancel=cancel,
+                               km2_per_pixel=km2_per_pixel, prefetch=prefetch)
         with torch.inference_mode(), self._threads():
             return self._run_instances(source, sink, want_probs, progress, cancel, km2_per_pixel, prefetch)
 

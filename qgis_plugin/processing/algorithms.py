@@ -270,6 +270,9 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
                           + ("; already loaded by an earlier run" if loaded else ""))
         for line in predictor.weights_summary():
             feedback.pushInfo(line)
+        if getattr(predictor, "instances", False):
+            feedback.pushInfo("instances: the model has an instance decoder, so every building is its own polygon, "
+                              "also where buildings touch (the class raster is its semantic decoder's)")
         return predictor
 
 

@@ -11,7 +11,7 @@ import pytest
 import shapely
 import torch
 
-from mtp_core.checkpoint import load_model, safe_load
+from mtp_core.checkpoint import load_model, load_weights, safe_load
 from mtp_core.cli import main as mtp
 from mtp_core.click_instances import segmenter_for
 from mtp_core.inference import InstancePredictor, Predictor
@@ -25,6 +25,7 @@ from tests.training.test_preemption import _assert_same_weights
 from tests.training.test_train_loop import REPO
 from training.config import load_config
 from training.data.spacenet_instances import build_dataset, build_pipeline
+from training.instances import build_instance_segmentor
 from training.test import main as test_main
 from training.train import main as train_main
 
@@ -135,16 +136,19 @@ def test_from_pretraining_to_a_click_in_the_row(scenes, tmp_path, capsys):
                 "--reuse-decoder", "semseg+insseg", "--dataset", "synth"]) == 0
     out = capsys.readouterr().out
     assert "neck, rpn_head and roi_head from MTP's pretrained instance decoder" in out and "missing" not in out
+    model = build_instance_segmentor(load_config(CONFIG)["model"]).model
+    report = load_weights(model, converted)
+    assert not report.missing and not report.reinitialized  # the instance config takes every converted tensor
     work = tmp_path / "finetune"
     assert train_main([str(CONFIG), "--work-dir", str(work), *_options(scenes, f"load_from={converted}")]) == 0
-    log = (next(work.glob("*.log"))).read_text()
-    assert "loaded: " in log and "missing" not in log.split("OptimWrapper")[0]  # every tensor from the conversion
-    assert "val at iter 6: mIoU" in log and "instance_f1" in log and "segm_mAP" in log
+    val = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if '"val"' in line]
+    assert val[-1]["iter"] == 6 and {"mIoU", "semantic_f1", "instance_f1", "segm_mAP", "segm_mAP_50"} <= set(val[-1])
 
-    assert test_main([str(CONFIG), str(work / "iter_6.pth"), "--work-dir", str(work),
-                      *_options(scenes)]) == 0
+    assert test_main([str(CONFIG), str(work / "iter_6.pth"), "--work-dir", str(work), "--show-dir", str(work / "show"),
+                      "--cfg-options", f"test_dataloader.dataset.data_root={scenes / 'val'}"]) == 0
     line = capsys.readouterr().out
     assert "polygon F1: semantic-only" in line and "instances" in line and "mask AP" in line
+    assert (work / "show" / "3band_s_img1_instances.png").is_file()
 
     scene = render_touching_scene(128, 128, 11, 0.6)
     tif, _ = write_scene(scene, tmp_path / "row.tif", tmp_path / "row.geojson")

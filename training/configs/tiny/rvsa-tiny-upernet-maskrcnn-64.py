@@ -5,8 +5,9 @@
 _base_ = ['../mtp/spacenetv1/rvsa-b-upernet-maskrcnn-384-mae-mtp-spacenetv1.py']
 norm_cfg = dict(type='BN', requires_grad=True)
 crop_size = (64, 64)
+data_preprocessor = dict(size=crop_size)
 model = dict(
-    data_preprocessor=dict(size=crop_size),
+    data_preprocessor=data_preprocessor,
     backbone=dict(img_size=64, drop_path_rate=0.1, out_indices=[0, 1, 2, 3], embed_dim=192, depth=4, num_heads=3,
                   interval=3),
     decode_head=dict(in_channels=[192, 192, 192, 192], channels=16, norm_cfg=norm_cfg),
