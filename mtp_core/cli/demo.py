@@ -1,4 +1,5 @@
-"""``mtp demo`` (what ``make demo`` runs): the main job end to end on a synthetic scene with the embedded model.
+"""``mtp demo`` (what ``make demo`` runs): the main job end to end on a synthetic scene with the embedded model, then
+the embedded instance model on a scene whose buildings touch (semantic-only and instance polygon F1).
 
 A fixed-seed synthetic 0.5 m scene (GeoTIFF in UTM + its building labels) goes through the main job
 (:func:`mtp_core.pipeline.extract_buildings`, what ``mtp predict`` runs);
@@ -24,6 +25,7 @@ from mtp_core.pipeline import extract_buildings
 from mtp_core.weights import DEMO_CHECKPOINT
 
 NAME = "demo"
+TOUCHING_SEED = 424299  # never seen by the demo instance model (trained on 2000-2039, 3000-3015)
 
 PREDICTED_RGB = (255, 230, 0)
 LABEL_RGB = (0, 220, 255)
@@ -87,5 +89,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     with gdal_exceptions():
         preview = write_preview(tif, predicted, labels, args.out / "demo_preview.png")
     print(f"preview: {preview} (yellow: predicted, cyan: labels)")
+    touching_demo(args.out, args.device)
     return 0
+
+
+def touching_demo(out: Path, device: str, size: int = 1024) -> None:
+    """The demo instance model on a scene where half the buildings share a wall: the semantic-only polygons (one per
+    region, so a terrace is one) against the instance polygons (one per house), both scored against the labels."""
+    from mtp_core.weights import DEMO_INSTANCES_CHECKPOINT
+    from mtp_tools.touching_compare import compare, summary_line
+
+    instances = Predictor.from_checkpoint(DEMO_INSTANCES_CHECKPOINT, device=device)
+    semantic = Predictor.from_checkpoint(DEMO_INSTANCES_CHECKPOINT, device=device, instances=False)
+    folder = out / "touching"
+    scene = compare(semantic, instances, [TOUCHING_SEED], size, 0.5, folder)[0]
+    print(f"touching scene: {folder / f'touching_{TOUCHING_SEED}.tif'} ({scene.buildings} buildings, "
+          f"{scene.touching:.0%} sharing a wall); semantic-only {scene.semantic.tp + scene.semantic.fp} polygons, "
+          f"instances {scene.instances.tp + scene.instances.fp}")
+    tif, labels_path = folder / f"touching_{TOUCHING_SEED}.tif", folder / f"touching_{TOUCHING_SEED}.geojson"
+    predicted, _, crs = read_vector(folder / "instances" / f"touching_{TOUCHING_SEED}_buildings.gpkg")
+    labels, _, _ = read_vector(labels_path, target_crs_wkt=crs)
+    with gdal_exceptions():
+        preview = write_preview(tif, predicted, labels, out / "demo_touching_preview.png")
+    print(f"preview: {preview} (yellow: instances, cyan: labels)")
+    print(summary_line([scene]))
 
