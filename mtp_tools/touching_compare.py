@@ -30,9 +30,10 @@ class SceneScore:
     instances: MatchResult
 
 
-def score(vector: Path, labels: Path, gsd_m: float) -> MatchResult:
-    """SpaceNet's polygon F1 of a job's polygons against a scene's labels (20 px² minimum area)."""
-    predicted, attributes, crs = read_vector(vector)
+def score(vector: Path, labels: Path, gsd_m: float, metric_crs: str | None = None) -> MatchResult:
+    """SpaceNet's polygon F1 of a job's polygons against a scene's labels (20 px² minimum area), in the polygons'
+    CRS, or in ``metric_crs`` (e.g. the UTM zone of a raster in degrees) when given."""
+    predicted, attributes, crs = read_vector(vector, target_crs_wkt=metric_crs)
     truth, _, _ = read_vector(labels, target_crs_wkt=crs)
     return polygon_f1(predicted, truth, confidences=attributes.get("score"), min_area=20 * gsd_m**2)
 
