@@ -1,5 +1,7 @@
-"""MTP models: the RVSA ViT backbone, UperNet/FCN heads, the segmentor and the named-model registry."""
+"""MTP models: the RVSA ViT backbone, UperNet/FCN heads, the segmentor, the Siamese change detector (UNet head) and
+the named-model registry."""
 from mtp_core.models.card import ModelCard
+from mtp_core.models.change import FeatureFusionNeck, SiamEncoderDecoder, UNetHead
 from mtp_core.models.multitask import MultiTaskModel
 from mtp_core.models.registry import create_model, default_card, list_models, model_entry
 from mtp_core.models.rvsa import RVSAViT
@@ -9,10 +11,13 @@ from mtp_core.models.upernet import FCNHead, UPerHead
 __all__ = [
     "EncoderDecoder",
     "FCNHead",
+    "FeatureFusionNeck",
     "ModelCard",
     "MultiTaskModel",
     "RVSAViT",
+    "SiamEncoderDecoder",
     "UPerHead",
+    "UNetHead",
     "create_model",
     "default_card",
     "list_models",
