@@ -77,6 +77,7 @@ class Trainer:
             mean=pre_cfg.get("mean", (123.675, 116.28, 103.53)), std=pre_cfg.get("std", (58.395, 57.12, 57.375)),
             size=tuple(pre_cfg["size"]) if pre_cfg.get("size") else None,
             pad_val=pre_cfg.get("pad_val", 0), seg_pad_val=pre_cfg.get("seg_pad_val", 255),
+            size_divisor=pre_cfg.get("size_divisor"),
         )
         self.eval_preprocess = SegDataPreProcessor(mean=self.preprocess.mean, std=self.preprocess.std)
         loader_cfg = cfg["train_dataloader"]
@@ -89,8 +90,10 @@ class Trainer:
         card_overrides = {"band_ranges": ranges} if ranges else {}
         self.card: ModelCard = model_card(self.spec, pre_cfg, self.classes,
                                           {**card_overrides, **(cfg.get("model_card") or {})})
-        self.max_iters = int(cfg["train_cfg"]["max_iters"])
         self.batch_size = int(loader_cfg.get("batch_size", 1))
+        self.iters_per_epoch = self._iters_per_epoch()
+        self.max_iters = (int(cfg["train_cfg"]["max_epochs"]) * self.iters_per_epoch if self.iters_per_epoch
+                          else int(cfg["train_cfg"]["max_iters"]))
         self._check_batch_norm_batch()
 
         model: EncoderDecoder = self.spec.model
@@ -105,7 +108,7 @@ class Trainer:
         if info.is_main:
             log.info("%r", self.optim_wrapper)
         self.scheduler = build_scheduler(self.optim_wrapper.optimizer, cfg.get("param_scheduler") or [],
-                                         self.max_iters)
+                                         self.max_iters, self.iters_per_epoch)
         self.ddp = (
             DistributedDataParallel(self.model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                                     find_unused_parameters=bool(cfg.get("find_unused_parameters")))
@@ -118,6 +121,27 @@ class Trainer:
         self.sampler: InfiniteSampler | None = None
         self._sampler_state: dict[str, Any] | None = None
         self._sampler_first_iteration = 0
+
+    def _iters_per_epoch(self) -> int | None:
+        """Iterations of one epoch for Open-CD's ``EpochBasedTrainLoop`` (None for iteration-based training).
+
+        An epoch is one pass over the training set by all ranks together: ``ceil(len / (batch x ranks))``
+        iterations. The sample stream runs on across epoch borders (no short last batch), so every iteration has a
+        full batch and resuming stays exact; the epoch length sets the schedule, validation and checkpoints."""
+        train_cfg = self.cfg["train_cfg"]
+        loop = train_cfg.get("type", "IterBasedTrainLoop")
+        if loop == "IterBasedTrainLoop":
+            return None
+        if loop != "EpochBasedTrainLoop":
+            raise ValueError(f"train_cfg type {loop!r} is not supported: use IterBasedTrainLoop or EpochBasedTrainLoop")
+        if not train_cfg.get("max_epochs"):
+            raise ValueError("EpochBasedTrainLoop needs train_cfg.max_epochs")
+        return max(1, -(-len(self.train_set) // (self.batch_size * self.info.world_size)))
+
+    def _every(self, hook_cfg: dict[str, Any] | None, key: str, default: int, by_epoch: bool) -> int:
+        """An interval in iterations: epochs times the epoch length where the setting is per epoch."""
+        value = int((hook_cfg or {}).get(key) or default)
+        return value * self.iters_per_epoch if by_epoch and self.iters_per_epoch else value
 
     def _validates(self) -> bool:
         """MMEngine validates when val_dataloader, val_evaluator and val_cfg are all set."""
@@ -276,7 +300,7 @@ class Trainer:
         metrics = evaluate(self.model, self._val_loader(), self.eval_preprocess, self.info, self.classes,
                            self.spec.test_mode, self.spec.crop_size, self.spec.stride,
                            getattr(self.optim_wrapper, "cast_dtype", None))
-        keys = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "building_f1")
+        keys = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "building_f1", "changed_f1", "changed_iou")
         summary = {k: metrics[k] for k in keys if k in metrics}
         if self.info.is_main:
             log.info("val at iter %d: %s", self.iteration, " ".join(f"{k} {v:.2f}" for k, v in summary.items()))
@@ -312,8 +336,8 @@ class Trainer:
         batches = self._batches()
         hooks = self.cfg["default_hooks"]
         log_every = int(hooks["logger"].get("interval", 50))
-        ckpt_every = int(hooks["checkpoint"].get("interval", 5000))
-        val_every = int(self.cfg["train_cfg"].get("val_interval") or 0)
+        ckpt_every = self._every(hooks["checkpoint"], "interval", 5000, bool(hooks["checkpoint"].get("by_epoch")))
+        val_every = self._every(self.cfg["train_cfg"], "val_interval", 0, True)
         stop_every = int(self.cfg.get("stop_check_interval", 10))
         next_stop_check = self.iteration + stop_every
         window: dict[str, torch.Tensor] = {}

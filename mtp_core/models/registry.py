@@ -296,15 +296,16 @@ def mtp_vit_tiny_rvsa_unet_cd(
 def mtp_rvsa_unet_cd(
     pretrained: bool = False,
     backbone: dict[str, Any] | None = None,
+    neck: dict[str, Any] | None = None,
     decode_head: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> SiamEncoderDecoder:
-    """Fully specified change detector: ``RVSAViT(**backbone)`` (the CD copy unless overridden) and
-    ``UNetHead(**decode_head)``; training configs build this and its model card records both dicts. Defaults are the
-    ViT-B LEVIR-CD model."""
+    """Fully specified change detector: ``RVSAViT(**backbone)`` (the CD copy unless overridden),
+    ``FeatureFusionNeck(**neck)`` (``abs_diff`` by default) and ``UNetHead(**decode_head)``; training configs build
+    this and its model card records the dicts. Defaults are the ViT-B LEVIR-CD model."""
     net = _segmentor_backbone(pretrained, {**_VIT_B, **_CD, **(backbone or {})}, kwargs)
     head = UNetHead(**{"encoder_channels": net.out_channels, **_UNET, "num_classes": 2, **(decode_head or {})})
-    return SiamEncoderDecoder(net, FeatureFusionNeck("abs_diff"), head)
+    return SiamEncoderDecoder(net, FeatureFusionNeck(**{"policy": "abs_diff", **(neck or {})}), head)
 
 
 TaskSpecDatasets = Sequence[Union[DatasetSpec, tuple[str, int]]]

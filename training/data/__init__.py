@@ -1,4 +1,5 @@
-"""Data for training MTP segmentation models without MMCV: GDAL datasets, MMSeg-equal transforms, seeded sampling.
+"""Data for training MTP segmentation models and change detectors without MMCV: GDAL datasets (SpaceNet; LEVIR-CD,
+WHU-CD, CDD, OSCD), MMSeg/Open-CD-equal transforms, seeded sampling.
 
 Typical use by the training loop::
 
@@ -9,6 +10,8 @@ Typical use by the training loop::
 
 Packed sample: ``{"img": uint8 (3, H, W) RGB, "gt": uint8 (H, W) or None, "meta": {"path", "ori_shape", ...}}``.
 """
+from .cd_datasets import CD_DATASETS, BaseCDDataset, CDDataset
+from .cd_transforms import CD_TRANSFORMS
 from .datasets import DATASETS, SegDataset, SpaceNetV1Dataset, SpaceNetV1RawDataset, build_dataset, collate
 from .preprocess import SegDataPreProcessor
 from .sampler import InfiniteSampler
@@ -30,8 +33,12 @@ from .transforms import (
     read_rgb,
 )
 
+DATASETS.update(CD_DATASETS)  # one registry each, as MMSeg's configs name types
+TRANSFORMS.update(CD_TRANSFORMS)
+
 __all__ = [
-    "DATASETS", "TRANSFORMS", "Compose", "InfiniteSampler", "LoadAnnotations", "LoadImageFromFile", "PackSegInputs",
+    "BaseCDDataset", "CDDataset", "DATASETS", "TRANSFORMS", "Compose", "InfiniteSampler", "LoadAnnotations",
+    "LoadImageFromFile", "PackSegInputs",
     "PhotoMetricDistortion", "RandomCrop", "RandomFlip", "RandomResize", "Resize", "SegDataPreProcessor",
     "SegDataset", "SpaceNetV1Dataset", "SpaceNetV1RawDataset", "Transform", "build_dataset", "build_pipeline",
     "collate", "rasterize_geojson", "read_label", "read_rgb",
