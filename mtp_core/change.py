@@ -140,6 +140,7 @@ def detect_changes(
     nodata: float | None = None,
     skip_existing: bool = False,
     vector_ext: str = ".gpkg",
+    source: str | None = None,
     progress: ProgressCallback = None,
     cancel: CancelCallback = None,
 ) -> ChangeResult:
@@ -148,6 +149,7 @@ def detect_changes(
     ``buildings``: a segmentation predictor of the same ground resolution, for the ``kind`` of each change.
     ``bands``: the bands of both rasters fed as R, G, B (default the card's). ``nodata``: a value to treat as nodata
     in both rasters where they declare none. ``probabilities`` keeps ``NAME_change_prob.tif`` (P(change) x 255).
+    ``source``: the polygons' ``source`` attribute (default ``BEFORE -> AFTER`` with the files' names).
     """
     if predictor.num_inputs != 2:
         raise UserError(f"{predictor.card.description or predictor.card.architecture} is a segmentation model, not a "
@@ -174,7 +176,7 @@ def detect_changes(
         try:
             return _detect(predictor, buildings, infos, before, after, mask_path, vector_path,
                            prob_path if probabilities else None, tmp, bands, min_area_m2, simplify_m, regularize,
-                           progress, cancel)
+                           source or f"{before.name} -> {after.name}", progress, cancel)
         except BaseException:
             for path in (mask_path, prob_path if probabilities else None):
                 if path is not None:
@@ -184,7 +186,7 @@ def detect_changes(
 
 def _detect(predictor: Predictor, buildings: Predictor | None, infos: list[RasterInfo], before: Path, after: Path,
             mask_path: Path, vector_path: Path, prob_path: Path | None, tmp: Path, bands: Sequence[int] | None,
-            min_area_m2: float, simplify_m: float, regularize: bool, progress: ProgressCallback,
+            min_area_m2: float, simplify_m: float, regularize: bool, source: str, progress: ProgressCallback,
             cancel: CancelCallback) -> ChangeResult:
     card = predictor.card
     info_b, info_a = infos
@@ -230,7 +232,7 @@ def _detect(predictor: Predictor, buildings: Predictor | None, infos: list[Raste
     kinds = _KindCounter(building_masks) if building_masks else None
     counts = vectorize_raster_to_file(
         str(mask_path), vector_path, layer_name="changes", classes=[1], prob_raster_path=str(probs),
-        min_area_m2=min_area_m2, simplify_m=simplify_m, regularize=regularize, source=f"{before.name} -> {after.name}",
+        min_area_m2=min_area_m2, simplify_m=simplify_m, regularize=regularize, source=source,
         model=card.description or card.architecture, cancel=cancel,
         extra_fields={"kind": ogr.OFTString} if kinds else None, annotate=kinds)
     return ChangeResult(before, after, mask_path, vector_path, prob_path, counts["polygons"],

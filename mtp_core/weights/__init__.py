@@ -3,7 +3,8 @@ detector (:data:`DEMO_CD_CHECKPOINT`), each with its model card."""
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-#: A small RVSA ViT + UperNet trained on synthetic 0.5 m scenes (see README, "The demo models").
+#: A small RVSA ViT + UperNet trained on synthetic 0.5 m scenes (see README, "The demo model").
 DEMO_CHECKPOINT = _HERE / "mtp_demo_synthetic.pth"
-#: A small RVSA ViT + UNet change detector trained on synthetic 0.5 m before/after pairs (README, "The demo models").
+#: A small RVSA ViT + UNet change detector trained on synthetic 0.5 m before/after pairs (README, "The demo change
+#: detector").
 DEMO_CD_CHECKPOINT = _HERE / "mtp_demo_synthetic_cd.pth"

@@ -2,7 +2,7 @@
 # MultiImg pipeline) scaled down to train on CPU, on synthetic before/after pairs at 0.5 m (`mtp synth --pair`).
 # As MTP starts from a pretrained encoder, the backbone starts from the demo segmentation model's (same tiny RVSA
 # ViT: 128-d, 4 blocks), which learnt buildings on other synthetic scenes.
-# Reproduce (README, "The demo models"):
+# Reproduce (README, "The demo change detector"):
 #   mtp synth data/synthetic_cd/train --pair --layout levir --count 64 --size 512 --seed 2000 --max-shift 2.5 \
 #     --name pair
 #   mtp synth data/synthetic_cd/val --pair --layout levir --count 6 --size 512 --seed 9100 --max-shift 2.5 --name pair
