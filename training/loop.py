@@ -25,7 +25,7 @@ import mtp_core
 from mtp_core.checkpoint import atomic_torch_save, load_weights, safe_load
 from mtp_core.io import atomic_path
 from mtp_core.models import EncoderDecoder, ModelCard
-from training.builder import SegmentorSpec, build_segmentor, model_card, segmentation_loss
+from training.builder import CHANGE_ARCH, SegmentorSpec, build_segmentor, model_card, segmentation_loss
 from training.config import config_text
 from training.data import InfiniteSampler, SegDataPreProcessor, build_dataset, collate
 from training.dist import DistInfo, broadcast_object, per_tensor_allreduce
@@ -101,6 +101,10 @@ class Trainer:
             self._log_report(load_weights(model.backbone, self.spec.pretrained))
         if cfg.get("load_from") and not cfg.get("resume"):  # resume=True makes load_from the checkpoint to resume
             self._log_report(load_weights(model, cfg["load_from"]))
+        if info.distributed and self.spec.architecture == CHANGE_ARCH and not cfg.get("find_unused_parameters"):
+            raise ValueError("a change detector's backbone keeps fpn1..4 and norm (they are in its checkpoints) but "
+                             "gives them no gradient, which distributed training must be told: set "
+                             "find_unused_parameters=True (MTP's change-detection command does)")
         if info.distributed and self.spec.sync_bn:
             model = convert_sync_bn(model, info.device)
         self.model = model.to(info.device)

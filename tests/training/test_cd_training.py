@@ -300,3 +300,29 @@ def test_train_resume_and_test_a_change_detector(levir: Path, tmp_path: Path) ->
     assert "changed: F1" in run.stdout
     results = json.loads(next((tmp_path / "test").glob("results_*.json")).read_text())
     assert 0 <= results["changed_f1"] <= 100 and results["classes"] == ["unchanged", "changed"]
+
+
+def test_two_processes_train_the_change_detector_as_one(levir: Path, tmp_path: Path) -> None:
+    """torchrun with 2 processes (gloo, SyncBN, the unused fpn/norm of the CD backbone) gives the weights of one
+    process with the same global batch."""
+    from tests.training.test_train_loop import _env, _free_port
+
+    def cmd(work: Path, launcher: str, batch: int) -> list[str]:
+        return ["-m", "training.train", str(TINY_CD), "--work-dir", str(work), "--launcher", launcher,
+                "--cfg-options", f"train_dataloader.dataset.data_root={levir}", f"train_dataloader.batch_size={batch}",
+                "train_cfg.max_epochs=1", "val_dataloader=None", "model.backbone.drop_path_rate=0.0",
+                "model.decode_head.dropout_ratio=0.0",
+                "optim_wrapper.optimizer={'type': 'SGD', 'lr': 0.01, 'momentum': 0.9, 'weight_decay': 0.0}"]
+
+    single = subprocess.run([sys.executable, *cmd(tmp_path / "one", "none", 2)], env=_env(), capture_output=True,
+                            text=True, cwd=REPO, timeout=300)
+    assert single.returncode == 0, single.stdout + single.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={_free_port()}", *cmd(tmp_path / "two", "pytorch", 1)], env=_env(),
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert two.returncode == 0, two.stdout + two.stderr
+    reference = torch.load(tmp_path / "one" / "iter_3.pth", weights_only=False)["state_dict"]
+    weights = torch.load(tmp_path / "two" / "iter_3.pth", weights_only=False)["state_dict"]
+    for key, value in reference.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(weights[key], value, rtol=1e-4, atol=1e-5, msg=key)

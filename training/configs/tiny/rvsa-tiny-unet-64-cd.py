@@ -69,6 +69,9 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=2, log_metric_by_epoch=True),
     checkpoint=dict(type='CheckpointHook', by_epoch=True, interval=2, save_best='mIoU'))
 randomness = dict(seed=0)
+# The CD backbone's fpn1..4 and norm are in the checkpoints but get no gradient: distributed training needs this, as
+# MTP's README command sets it (--cfg-options find_unused_parameters=True).
+find_unused_parameters = True
 stop_check_interval = 1
 load_from = None
 resume = False

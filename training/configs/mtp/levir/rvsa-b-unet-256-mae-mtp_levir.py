@@ -86,5 +86,8 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=True),
     checkpoint=dict(type='CheckpointHook', by_epoch=True, interval=30, save_best='mIoU'))
 log_level = 'INFO'
+# The CD backbone's fpn1..4 and norm are in the checkpoints but get no gradient: distributed training needs this, as
+# MTP's README command sets it (--cfg-options find_unused_parameters=True).
+find_unused_parameters = True
 load_from = None
 resume = False
