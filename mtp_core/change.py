@@ -196,7 +196,7 @@ def _detect(predictor: Predictor, buildings: Predictor | None, infos: list[Raste
     grid = plan_read(info_b, card.gsd_m if info_b.has_georeference else None)
     plan_a = warp_onto(info_a, grid)
     scalers = [_scaler(predictor, plan, chosen, info) for plan, info in ((grid, info_b), (plan_a, info_a))]
-    source = TwoDateSource(RasterSource(grid, chosen, scalers[0]), RasterSource(plan_a, chosen, scalers[1]))
+    tiles = TwoDateSource(RasterSource(grid, chosen, scalers[0]), RasterSource(plan_a, chosen, scalers[1]))
     if buildings is not None:
         ratio = buildings.card.gsd_m / card.gsd_m
         if not 1 / _GSD_TOLERANCE <= ratio <= _GSD_TOLERANCE:
@@ -213,7 +213,7 @@ def _detect(predictor: Predictor, buildings: Predictor | None, infos: list[Raste
 
     on_grid = {"mask": tmp / "change_mask.tif" if grid.warped else mask_path,
                "prob": tmp / "change_prob.tif" if grid.warped or prob_path is None else prob_path}
-    stats = _run(predictor, source, on_grid["mask"], grid, on_grid["prob"], stages.stage(0), cancel, km2_per_pixel,
+    stats = _run(predictor, tiles, on_grid["mask"], grid, on_grid["prob"], stages.stage(0), cancel, km2_per_pixel,
                  cog=(not grid.warped, not grid.warped and prob_path is not None))
     building_masks: list[Path] = []
     if buildings is not None:
