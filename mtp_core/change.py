@@ -7,10 +7,12 @@ detector compares the same ground in both tiles; everything streams tile by tile
 stays flat in raster size, and the outputs come back on the first raster's own grid and CRS.
 
 Polygons carry ``score`` (mean probability of change) and ground ``area_m2``/``perimeter_m``. With a segmentation
-model as well, each date's building mask is predicted on the same grid and every change gets its ``kind``: ``new``
-(a building on the second date only, by majority of the change's pixels), ``demolished`` (first date only),
-``modified`` (a building on both dates: rebuilt or re-roofed) or ``other`` (a building on neither: a change that is
-not a building's).
+model as well, each date's building probability is predicted on the same grid and every change gets its ``kind``
+from the mean probabilities over its pixels: ``other`` when neither date reaches 0.5 (a change that is not a
+building's), ``modified`` when both do and differ by less than :data:`MODIFIED_MARGIN` (rebuilt, re-roofed), else
+``new`` or ``demolished`` after the date where a building is more probable. Comparing the dates, rather than
+thresholding each on its own, keeps a building model's false alarm on one date (a bare plot that looks like a flat
+roof) from turning a new building into a modified one.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ KINDS = ("new", "demolished", "modified", "other")
 DATE_SUFFIXES = (("_before", "_after"), ("_pre", "_post"), ("_t1", "_t2"), ("_old", "_new"), ("_a", "_b"),
                  ("_A", "_B"), ("-before", "-after"))
 _GSD_TOLERANCE = 1.25
+#: both dates show a building (mean probability >= 0.5) and their probabilities differ by less: "modified"
+MODIFIED_MARGIN = 0.1
 
 
 def pair_name(before: str | Path, after: str | Path) -> str:
@@ -215,21 +219,25 @@ def _detect(predictor: Predictor, buildings: Predictor | None, infos: list[Raste
                "prob": tmp / "change_prob.tif" if grid.warped or prob_path is None else prob_path}
     stats = _run(predictor, tiles, on_grid["mask"], grid, on_grid["prob"], stages.stage(0), cancel, km2_per_pixel,
                  cog=(not grid.warped, not grid.warped and prob_path is not None))
-    building_masks: list[Path] = []
+    building_probs: list[Path] = []
     if buildings is not None:
         for i, plan in enumerate((grid, plan_a)):
             scaler = _scaler(buildings, plan, chosen, infos[i]) if buildings.card.band_ranges else scalers[i]
-            path = tmp / f"buildings_{i}.tif"
-            _run(buildings, RasterSource(plan, chosen, scaler), path, grid, None, stages.stage(1 + i), cancel)
-            building_masks.append(path)
+            path = tmp / f"buildings_{i}_prob.tif"
+            _run(buildings, RasterSource(plan, chosen, scaler), tmp / f"buildings_{i}.tif", grid, path,
+                 stages.stage(1 + i), cancel)
+            building_probs.append(path)
     probs = on_grid["prob"]
     if grid.warped:
         warp_to_grid(on_grid["mask"], mask_path, like=info_b, resampling="nearest")
         probs = prob_path or tmp / "change_prob_grid.tif"
         warp_to_grid(on_grid["prob"], probs, like=info_b, resampling="bilinear", cog=prob_path is not None)
-        building_masks = [warp_to_grid(p, tmp / f"{p.stem}_own.tif", like=info_b, resampling="nearest", cog=False)
-                          for p in building_masks]
-    kinds = _KindCounter(building_masks) if building_masks else None
+        building_probs = [warp_to_grid(p, tmp / f"{p.stem}_own.tif", like=info_b, resampling="bilinear", cog=False)
+                          for p in building_probs]
+    kinds = None
+    if buildings is not None:
+        classes = buildings.card.classes
+        kinds = _KindCounter(building_probs, classes.index("building") if "building" in classes else 1)
     counts = vectorize_raster_to_file(
         str(mask_path), vector_path, layer_name="changes", classes=[1], prob_raster_path=str(probs),
         min_area_m2=min_area_m2, simplify_m=simplify_m, regularize=regularize, source=source,
@@ -240,11 +248,13 @@ def _detect(predictor: Predictor, buildings: Predictor | None, infos: list[Raste
 
 
 class _KindCounter:
-    """``annotate`` for the vectorizer: the kind of each change polygon from the two dates' building masks (read
-    window by window around each polygon), counted as it goes."""
+    """``annotate`` for the vectorizer: the kind of each change polygon from the two dates' building probabilities
+    (uint8 P x 255 rasters as the Predictor writes them, class ``band``; read window by window around each polygon),
+    counted as it goes."""
 
-    def __init__(self, masks: Sequence[Path]) -> None:
-        self.datasets = [open_raster(str(p)) for p in masks]
+    def __init__(self, probabilities: Sequence[Path], band: int = 1) -> None:
+        self.datasets = [open_raster(str(p)) for p in probabilities]
+        self.band = band
         self.gt = self.datasets[0].GetGeoTransform()
         self.counts = dict.fromkeys(KINDS, 0)
 
@@ -269,11 +279,13 @@ class _KindCounter:
         inside = shapely.contains_xy(polygon, xs, ys)
         if not inside.any():
             inside[:] = True
-        shares = [float((d.GetRasterBand(1).ReadAsArray(c0, r0, c1 - c0, r1 - r0)[inside] == 1).mean())
-                  for d in self.datasets]
-        first, second = (share >= 0.5 for share in shares)
-        return {(False, True): "new", (True, False): "demolished", (True, True): "modified"}.get((first, second),
-                                                                                               "other")
+        first, second = (float(d.GetRasterBand(self.band).ReadAsArray(c0, r0, c1 - c0, r1 - r0)[inside].mean()) / 255
+                          for d in self.datasets)
+        if max(first, second) < 0.5:
+            return "other"
+        if min(first, second) >= 0.5 and abs(second - first) < MODIFIED_MARGIN:
+            return "modified"
+        return "new" if second > first else "demolished"
 
 
 def describe_kinds(kinds: dict[str, int] | None) -> str:

@@ -75,9 +75,9 @@ def render_pair(height: int, width: int, seed: int, gsd_m: float = 0.5, shift_px
     parked = [c for c in plan.cars if changes_rng.random() < 0.5]
 
     before_plan = replace(plan, buildings=[b for i, b in enumerate(plan.buildings) if i not in new],
-                          paved=plan.paved + [(p, _soil(changes_rng)) for p in soil_new])
+                          soil=[(p, _soil(changes_rng)) for p in soil_new])
     after_plan = replace(plan, buildings=[b for i, b in enumerate(plan.buildings) if i not in demolished],
-                         paved=plan.paved + [(p, _soil(changes_rng)) for p in soil_gone], cars=parked)
+                         soil=[(p, _soil(changes_rng)) for p in soil_gone], cars=parked)
     before_img, before_mask, _ = paint(before_plan, style, tex, height, width, gsd_m)
     after_img, after_mask, _ = paint(after_plan, after_style, tex, height, width, gsd_m)
     after_img = shifted(after_img.reshape(height, width, 3) * light, *shift).reshape(-1, 3)

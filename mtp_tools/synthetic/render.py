@@ -54,6 +54,7 @@ _GLASS = np.array([34, 40, 48], np.float32)
 _VENT = np.array([204, 204, 200], np.float32)
 _SOLAR = np.array([30, 36, 58], np.float32)
 _SHADOW_TINT = np.array([0.40, 0.45, 0.56], np.float32)  # shadows are lit by blue sky light only
+_WEEDS = np.array([104, 116, 64], np.float32)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class _Plan:
     lots: list = field(default_factory=list)  # (polygon, rgb multiplier)
     hedges: list = field(default_factory=list)
     paved: list = field(default_factory=list)  # (polygon, rgb)
+    soil: list = field(default_factory=list)  # (polygon, rgb): cleared plots (two-date pairs), mottled and weedy
     sidewalks: list = field(default_factory=list)
     roads: list = field(default_factory=list)
     markings: list = field(default_factory=list)
@@ -656,6 +658,17 @@ def _streets(img: np.ndarray, plan: _Plan, style: _Style, tex: _Textures, height
         img[idx] = img[idx] * (1 - alpha) + style.marking * alpha
 
 
+def _soil(img: np.ndarray, plan: _Plan, tex: _Textures, height: int, width: int) -> None:
+    """Cleared plots: bare earth, strongly mottled (tyre tracks, clods), with tufts of weeds; nothing like a roof's
+    even surface."""
+    if not plan.soil:
+        return
+    idx, item = pixels_of([g for g, _ in plan.soil], height, width)
+    earth = np.array([v for _, v in plan.soil], np.float32)[item] * tex.at(idx, 0.35, 0.3, 0.12)
+    weeds = np.clip(2.5 * (tex.mid.flat[idx] + 0.5 * tex.fine.flat[idx]) - 0.4, 0.0, 1.0)[:, None]
+    img[idx] = earth * (1 - weeds) + _WEEDS * weeds * tex.at(idx, 0.1, 0.2, 0.1)
+
+
 def _pools(img: np.ndarray, plan: _Plan, tex: _Textures, height: int, width: int, gsd_m: float) -> None:
     if not plan.pools:
         return
@@ -889,6 +902,7 @@ def paint(plan: _Plan, style: _Style, tex: _Textures, height: int, width: int,
 
     img = _ground(plan, style, tex, height, width)
     _streets(img, plan, style, tex, height, width)
+    _soil(img, plan, tex, height, width)
     _pools(img, plan, tex, height, width, gsd_m)
     _cars(img, plan, tex, height, width)
     shadow = _cast_shadows(plan, shadow_px_per_m, height, width)

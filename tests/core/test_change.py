@@ -197,20 +197,22 @@ def _mask(path: Path, array: np.ndarray) -> Path:
     return write_tif(path, array.astype(np.uint8), (500000, 0.5, 0, 4500000, 0, -0.5))
 
 
-def test_the_kind_of_a_change_comes_from_both_dates_buildings(tmp_path: Path) -> None:
+def test_the_kind_of_a_change_comes_from_both_dates_building_probabilities(tmp_path: Path) -> None:
     before, after = np.zeros((40, 40), np.uint8), np.zeros((40, 40), np.uint8)
-    before[0:10, 0:10] = 1                 # demolished
-    after[0:10, 20:30] = 1                 # new
-    before[20:30, 0:10] = after[20:30, 0:10] = 1  # modified
+    before[0:10, 0:10] = 250                             # demolished
+    after[0:10, 20:30] = 250                             # new
+    before[0:10, 30:40], after[0:10, 30:40] = 150, 250   # new: a false alarm on the bare plot is not "modified"
+    before[20:30, 0:10], after[20:30, 0:10] = 240, 220   # modified: a building on both dates
+    before[20:30, 20:30], after[20:30, 20:30] = 90, 100  # other: no building on either
     counter = _KindCounter([_mask(tmp_path / "b.tif", before), _mask(tmp_path / "a.tif", after)])
 
     def square(col: int, row: int) -> shapely.Polygon:
         x, y = 500000 + col * 0.5, 4500000 - row * 0.5
         return shapely.box(x + 0.5, y - 4.5, x + 4.5, y - 0.5)  # inside the 10 x 10 px block
 
-    chunk = VectorResult([square(0, 0), square(20, 0), square(0, 20), square(20, 20)], {}, "")
-    assert counter(chunk) == {"kind": ["demolished", "new", "modified", "other"]}
-    assert counter.counts == {"new": 1, "demolished": 1, "modified": 1, "other": 1}
+    chunk = VectorResult([square(0, 0), square(20, 0), square(30, 0), square(0, 20), square(20, 20)], {}, "")
+    assert counter(chunk) == {"kind": ["demolished", "new", "new", "modified", "other"]}
+    assert counter.counts == {"new": 2, "demolished": 1, "modified": 1, "other": 1}
 
 
 # ------------------------------------------------------------------------------------------------ the command

@@ -6,7 +6,8 @@
 #   mtp synth data/synthetic_cd/train --pair --layout levir --count 64 --size 512 --seed 2000 --max-shift 2.5 \
 #     --name pair
 #   mtp synth data/synthetic_cd/val --pair --layout levir --count 6 --size 512 --seed 9100 --max-shift 2.5 --name pair
-#   python -m training.train training/configs/demo/rvsa-tiny-unet-256-synthetic-cd.py --work-dir work_dirs/demo_cd
+#   OMP_NUM_THREADS=1 python -m training.train training/configs/demo/rvsa-tiny-unet-256-synthetic-cd.py \
+#     --work-dir work_dirs/demo_cd
 #   mtp convert-ckpt work_dirs/demo_cd/iter_1500.pth mtp_core/weights/mtp_demo_synthetic_cd.pth
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 crop_size = (256, 256)
@@ -81,5 +82,6 @@ default_hooks = dict(
     logger=dict(type='LoggerHook', interval=25, log_metric_by_epoch=False),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=250, max_keep_ckpts=2))
 randomness = dict(seed=0)
+find_unused_parameters = True  # the CD backbone's fpn and norm get no gradient (for runs on several processes)
 load_from = None
 resume = False
