@@ -182,3 +182,20 @@ def test_change_choices_are_checked_before_a_run(dock, project, iface) -> None:
 def test_the_change_task_fits_a_300_px_column(dock, iface) -> None:
     dock.kinds_check.setChecked(True)
     fit_to_width(iface.mainWindow(), dock, 300, "dock_changes_300px.png")
+
+
+def test_cancel_during_a_change_run_leaves_no_files_and_no_layers(dock, project) -> None:
+    """Cancelled at the first progress report (the change model's first batch of the building model's three runs)."""
+    dock.kinds_check.setChecked(True)
+    dock.batch_spin.setValue(1)
+    task = dock.create_task()
+    reports: list[float] = []
+    task.progressChanged.connect(reports.append)
+    task.progressChanged.connect(lambda _: task.cancel())
+    result = task.run()
+    task.finished(result)
+    assert not result and task.outcome.state == "cancelled"
+    assert len(reports) == 1 and 0 < reports[0] < 100
+    assert list(Path(dock.output_folder()).iterdir()) == []
+    assert len(project.mapLayers()) == 2 and project.layerTreeRoot().findGroups() == []
+    assert dock.status_label.text().startswith("Cancelled")
