@@ -1,6 +1,7 @@
-"""MTP models: the RVSA ViT backbone, UperNet/FCN heads, the segmentor, the multi-task framework, the Mask R-CNN
-fine-tuning model and the named-model registry."""
+"""MTP models: the RVSA ViT backbone, UperNet/FCN heads, the segmentor, the Siamese change detector (UNet head), the
+multi-task framework, the Mask R-CNN fine-tuning model and the named-model registry."""
 from mtp_core.models.card import ModelCard
+from mtp_core.models.change import FeatureFusionNeck, SiamEncoderDecoder, UNetHead
 from mtp_core.models.maskrcnn import MaskRCNN
 from mtp_core.models.multitask import MultiTaskModel
 from mtp_core.models.registry import create_model, default_card, list_models, model_entry
@@ -11,11 +12,14 @@ from mtp_core.models.upernet import FCNHead, UPerHead
 __all__ = [
     "EncoderDecoder",
     "FCNHead",
+    "FeatureFusionNeck",
     "MaskRCNN",
     "ModelCard",
     "MultiTaskModel",
     "RVSAViT",
+    "SiamEncoderDecoder",
     "UPerHead",
+    "UNetHead",
     "create_model",
     "default_card",
     "list_models",

@@ -1,5 +1,10 @@
-"""Weights shipped with the package: the demo model (:data:`DEMO_CHECKPOINT`, with its model card)."""
+"""Weights shipped with the package: the demo segmentation model (:data:`DEMO_CHECKPOINT`) and the demo change
+detector (:data:`DEMO_CD_CHECKPOINT`), each with its model card."""
 from pathlib import Path
 
+_HERE = Path(__file__).resolve().parent
 #: A small RVSA ViT + UperNet trained on synthetic 0.5 m scenes (see README, "The demo model").
-DEMO_CHECKPOINT = Path(__file__).resolve().parent / "mtp_demo_synthetic.pth"
+DEMO_CHECKPOINT = _HERE / "mtp_demo_synthetic.pth"
+#: A small RVSA ViT + UNet change detector trained on synthetic 0.5 m before/after pairs (README, "The demo change
+#: detector").
+DEMO_CD_CHECKPOINT = _HERE / "mtp_demo_synthetic_cd.pth"
