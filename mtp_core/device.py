@@ -53,7 +53,8 @@ def cuda_unavailable_reason() -> str:
 
 
 def describe_device(device: torch.device, threads: int | None = None) -> str:
-    """One line: CUDA name and memory, Apple silicon's GPU, or CPU with the threads a run uses and why no GPU is used."""
+    """One line: CUDA name and memory, Apple silicon's GPU, or CPU with the threads a run uses and why no GPU is
+    used."""
     if device.type == "mps":
         return "mps (Apple silicon GPU, Metal Performance Shaders)"
     if device.type == "cuda":

@@ -1,4 +1,5 @@
-"""The MTP dock: segment a raster layer (whole, the visible extent, or polygons) into a class raster and buildings.
+"""The MTP dock: segment a raster layer (whole, the visible extent, or polygons) into a class raster and buildings,
+or find the changes between two raster layers of one place (the "Changes between two layers" task).
 
 Why it is built this way (DESIGN.md "Plugin"; anchors.md, "What users complain about"):
 
@@ -9,9 +10,10 @@ Why it is built this way (DESIGN.md "Plugin"; anchors.md, "What users complain a
 * It fits a 300 px wide dock: short list entries (details in tooltips), fields under their labels when a row is too
   narrow, plain-text labels that wrap even file names instead of asking for more width (:mod:`qgis_plugin.labels`).
 * A run is a :class:`~qgis_plugin.run_task.SegmentTask` over a :class:`~qgis_plugin.run_task.RunRequest` read from
-  the widgets here, on the GUI thread; the canvas extent and polygons become plain bounds/WKT first. Whatever can be
-  checked before starting (a layer, a georeferenced file, numbers in the fields) is checked here, and errors name the
-  layer and the field to change.
+  the widgets here, on the GUI thread (a :class:`~qgis_plugin.change_task.ChangeTask` for two layers: the same
+  engine call as ``mtp change``, its changes styled by kind); the canvas extent and polygons become plain bounds/WKT
+  first. Whatever can be checked before starting (a layer, a georeferenced file, numbers in the fields) is checked
+  here, and errors name the layer and the field to change.
 * Clicked buildings go to a new GeoPackage layer in the output folder, styled as the run's buildings, unless the
   user picks a layer under "Add to": the plugin never writes into a layer nobody chose.
 * Messages go to the message bar as plain text, one at a time (:mod:`qgis_plugin.message_bar`).
@@ -45,6 +47,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from .area import polygons_wkt, visible_extent
+from .change_task import ChangeRequest, ChangeTask
 from .dependencies import check_dependencies
 from .install_panel import InstallPanel
 from .installer import InstallOutcome
@@ -58,8 +61,13 @@ from .settings import DockSettings, load_settings, save_settings
 from .wording import for_dock
 
 CHECKPOINT_FILTER = "PyTorch checkpoints (*.pth *.pt *.ckpt);;All files (*)"
+MODE_CHOICES = (("Segment a raster", "segment", "Buildings (or the model's classes) of one raster layer"),
+                ("Changes between two layers", "change",
+                 "New and demolished buildings between two dates of one place (a change-detection model)"))
+FIRST_DATE, SECOND_DATE = "'First date'", "'Second date'"
 #: (entry, value, tooltip): entries short enough for a 300 px dock, the details in the tooltip
-MODEL_CHOICES = (("Demo model", "demo", "The built-in demo model, trained on synthetic 0.5 m scenes"),
+MODEL_CHOICES = (("Demo model", "demo", "The built-in demo model (segmentation, or change detection for two layers), "
+                                        "trained on synthetic 0.5 m scenes"),
                  ("Demo instances", "demo-instances", "The built-in demo model with instances: one polygon per "
                                                       "building, also where buildings touch"),
                  ("Checkpoint file", "checkpoint", "An MTP, MAE or MMSeg checkpoint; its model card says the rest"),
@@ -112,9 +120,10 @@ class MTPDock(QDockWidget):
         self.setObjectName("MTPDock")  # QGIS saves docks' places by object name
         self.iface = iface
         self.predictors = PredictorCache()
+        self.building_predictors = PredictorCache()  # the change task's building model
         self.messages = MessageBarReporter(iface.messageBar())
         self._scratch = tempfile.TemporaryDirectory(prefix="mtp-dock-")  # the click tool's nodata VRTs
-        self.task: SegmentTask | None = None
+        self.task: SegmentTask | ChangeTask | None = None
         self.dependencies = check_dependencies()
         self._build()
         self.apply_settings(load_settings())
@@ -135,9 +144,15 @@ class MTPDock(QDockWidget):
         form.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
         self.form_layout = form
 
+        self.mode_combo = self._choices(MODE_CHOICES)
+        form.addRow("Task", self.mode_combo)
         self.raster_combo = narrow(QgsMapLayerComboBox())
         self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
         form.addRow("Raster layer", self.raster_combo)
+        self.after_combo = narrow(QgsMapLayerComboBox())
+        self.after_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.after_combo.setToolTip("the later image of the same place; it is warped onto the first date's grid")
+        form.addRow("Second date", self.after_combo)
         self.bands_edit = QLineEdit()
         self.bands_edit.setPlaceholderText("the model's, or 3,2,1")
         self.bands_edit.setToolTip("the raster bands fed to the model as red, green, blue")
@@ -156,6 +171,13 @@ class MTPDock(QDockWidget):
         form.addRow("Architecture", self.architecture_combo)
         self.weights_widget = self._file_widget(CHECKPOINT_FILTER)
         form.addRow("Weights", self.weights_widget)
+        self.kinds_check = QCheckBox("Kind of each change")
+        self.kinds_check.setToolTip("new, demolished or modified building: a building model runs on both dates")
+        form.addRow("", self.kinds_check)
+        self.buildings_widget = self._file_widget(CHECKPOINT_FILTER)
+        self.buildings_widget.lineEdit().setPlaceholderText("the demo building model")
+        self.buildings_widget.setToolTip("a segmentation checkpoint of the change model's ground resolution")
+        form.addRow("Building model", self.buildings_widget)
 
         self.area_combo = self._choices(AREA_CHOICES)
         form.addRow("Area", self.area_combo)
@@ -201,7 +223,8 @@ class MTPDock(QDockWidget):
         self.status_label = WrappingLabel("mtpStatusLabel")
         self.status_label.setText("Ready.")
         column.addWidget(self.status_label)
-        column.addWidget(self._click_panel())
+        self.click_panel = self._click_panel()
+        column.addWidget(self.click_panel)
         column.addStretch(1)
 
         scroll = QScrollArea()
@@ -210,6 +233,8 @@ class MTPDock(QDockWidget):
         self.scroll_area = scroll
         self.setWidget(scroll)
         self.model_combo.currentIndexChanged.connect(self._show_model_rows)
+        self.mode_combo.currentIndexChanged.connect(self._show_mode_rows)
+        self.kinds_check.toggled.connect(self._show_mode_rows)
         self.area_combo.currentIndexChanged.connect(self._show_area_rows)
         self.device_combo.currentIndexChanged.connect(self.describe_device)
 
@@ -279,6 +304,34 @@ class MTPDock(QDockWidget):
         self._show_row(self.architecture_combo, kind == "architecture")
         self._show_row(self.weights_widget, kind == "architecture")
 
+    def mode(self) -> str:
+        return self.mode_combo.currentData()
+
+    @pyqtSlot()
+    def _show_mode_rows(self) -> None:
+        """The second date, the kind of changes and their building model in the change task; the click tool (one
+        raster) in segmentation; the architectures of the task's models."""
+        change = self.mode() == "change"
+        self.setWindowTitle("MTP: changes between two layers" if change else "MTP: segment a raster")
+        self.form_layout.labelForField(self.raster_combo).setText("First date" if change else "Raster layer")
+        self._show_row(self.after_combo, change)
+        self._show_row(self.kinds_check, change)
+        self._show_row(self.buildings_widget, change and self.kinds_check.isChecked())
+        self.click_panel.setVisible(not change)
+        self._fill_architectures()
+
+    def _fill_architectures(self) -> None:
+        if not self.dependencies.ok:
+            return
+        from mtp_core.models import list_models
+
+        names = list_models("change" if self.mode() == "change" else "segmentor")
+        if [self.architecture_combo.itemText(i) for i in range(self.architecture_combo.count())] != names:
+            current = self.architecture_combo.currentText()
+            self.architecture_combo.clear()
+            self.architecture_combo.addItems(names)
+            self.architecture_combo.setCurrentText(current)
+
     @pyqtSlot()
     def _show_area_rows(self) -> None:
         polygons = self.area_combo.currentData() == "polygons"
@@ -291,9 +344,7 @@ class MTPDock(QDockWidget):
         self.dependencies = check_dependencies()
         ready = self.dependencies.ok
         if ready and self.architecture_combo.count() == 0:
-            from mtp_core.models import list_models
-
-            self.architecture_combo.addItems(list_models("segmentor"))
+            self._fill_architectures()
             self.architecture_combo.setCurrentText(load_settings().architecture)
         self.form.setEnabled(ready)
         self.run_button.setEnabled(ready)
@@ -327,6 +378,10 @@ class MTPDock(QDockWidget):
 
     # ------------------------------------------------------------------------------------------ settings
     def apply_settings(self, values: DockSettings) -> None:
+        self.mode_combo.setCurrentIndex(self.mode_combo.findData(values.mode))
+        self.kinds_check.setChecked(values.kinds)
+        self.buildings_widget.setFilePath(values.building_checkpoint)
+        self._fill_architectures()  # the mode's list, before its remembered entry is chosen
         self.model_combo.setCurrentIndex(self.model_combo.findData(values.model_kind))
         self.checkpoint_widget.setFilePath(values.checkpoint)
         self.architecture_combo.setCurrentText(values.architecture)
@@ -346,9 +401,11 @@ class MTPDock(QDockWidget):
         self.output_widget.lineEdit().setPlaceholderText(str(default_output_folder()))
         self._show_model_rows()
         self._show_area_rows()
+        self._show_mode_rows()
 
     def current_settings(self) -> DockSettings:
         return DockSettings(
+            mode=self.mode(), kinds=self.kinds_check.isChecked(), building_checkpoint=self.buildings_widget.filePath(),
             model_kind=self.model_combo.currentData(), checkpoint=self.checkpoint_widget.filePath(),
             architecture=self.architecture_combo.currentText(), weights=self.weights_widget.filePath(),
             area=self.area_combo.currentData(), selected_only=self.selected_only_check.isChecked(),
@@ -365,7 +422,8 @@ class MTPDock(QDockWidget):
     def raster_layer(self) -> QgsMapLayer:
         layer = self.raster_combo.currentLayer()
         if layer is None:
-            raise ValueError("add a raster layer to the project and choose it under 'Raster layer'")
+            field = FIRST_DATE if self.mode() == "change" else "'Raster layer'"
+            raise ValueError(f"add a raster layer to the project and choose it under {field}")
         return layer
 
     def bands(self) -> tuple[int, ...] | None:
@@ -394,14 +452,21 @@ class MTPDock(QDockWidget):
             if not values.architecture or not values.weights:
                 raise ValueError("choose an architecture and its weights file, or the demo model under 'Model'")
             return ModelSpec(values.weights, values.architecture, **options)
-        from mtp_core.weights import DEMO_CHECKPOINT, DEMO_INSTANCES_CHECKPOINT
+        from mtp_core.weights import DEMO_CD_CHECKPOINT, DEMO_CHECKPOINT, DEMO_INSTANCES_CHECKPOINT
 
+        if values.mode == "change":
+            if values.model_kind == "demo-instances":
+                raise ValueError("'Demo instances' segments one layer; for changes between two layers choose 'Demo "
+                                 "model' (the demo change detector) or a change-detection checkpoint")
+            return ModelSpec(str(DEMO_CD_CHECKPOINT), **options)
         demo = DEMO_INSTANCES_CHECKPOINT if values.model_kind == "demo-instances" else DEMO_CHECKPOINT
         return ModelSpec(str(demo), **options)
 
     def make_request(self) -> RunRequest:
         """The run's inputs as plain values (raises ValueError with what to fix)."""
         layer = self.raster_layer()
+        if self.mode() == "change":
+            return self.make_change_request(layer)
         raster = require_georeferenced(layer)
         values = self.current_settings()
         bounds = polygons = None
@@ -415,6 +480,37 @@ class MTPDock(QDockWidget):
             run_name=f"{Path(raster).stem}_{now:%Y%m%d-%H%M%S}", group_name=f"MTP {layer.name()} {now:%H:%M:%S}",
             bands=self.bands(), nodata=self.nodata(), bounds=bounds, polygons=polygons, min_area_m2=values.min_area_m2,
             simplify_m=values.simplify_m, regularize=values.regularize)
+
+    def make_change_request(self, layer: QgsMapLayer) -> ChangeRequest:
+        """The change task's inputs: both dates (checked here), the change model and the building model."""
+        from mtp_core.change import pair_name
+        from mtp_core.weights import DEMO_CHECKPOINT
+
+        after_layer = self.after_combo.currentLayer()
+        if after_layer is None:
+            raise ValueError(f"add the second date's raster layer to the project and choose it under {SECOND_DATE}")
+        if after_layer.id() == layer.id():
+            raise ValueError(f"choose two different layers under {FIRST_DATE} and {SECOND_DATE}: the changes are "
+                             "between two dates of one place")
+        before, after = require_georeferenced(layer, FIRST_DATE), require_georeferenced(after_layer, SECOND_DATE)
+        values = self.current_settings()
+        bounds = polygons = None
+        if values.area == "extent":
+            bounds = visible_extent(layer, self.iface.mapCanvas())
+        elif values.area == "polygons":
+            polygons = polygons_wkt(layer, self.polygon_combo.currentLayer(), values.selected_only)
+        buildings = None
+        if values.kinds:
+            buildings = ModelSpec(values.building_checkpoint or str(DEMO_CHECKPOINT), device=values.device,
+                                  batch_size=values.batch_size)
+        now = datetime.now()
+        return ChangeRequest(
+            raster=before, layer_name=layer.name(), model=self.model_spec(), out_folder=str(self.output_folder()),
+            run_name=f"{file_name(pair_name(before, after))}_changes_{now:%Y%m%d-%H%M%S}",
+            group_name=f"MTP changes {layer.name()} → {after_layer.name()} {now:%H:%M:%S}", bands=self.bands(),
+            nodata=self.nodata(), bounds=bounds, polygons=polygons, min_area_m2=values.min_area_m2,
+            simplify_m=values.simplify_m, regularize=values.regularize, after=after, after_name=after_layer.name(),
+            buildings=buildings)
 
     # ------------------------------------------------------------------------------------------ click a roof
     @pyqtSlot(bool)
@@ -485,7 +581,11 @@ class MTPDock(QDockWidget):
     # ------------------------------------------------------------------------------------------ running
     def create_task(self) -> SegmentTask:
         """The task of a run with the current choices, wired to this dock (raises ValueError with what to fix)."""
-        task = SegmentTask(self.make_request(), self.predictors, self._finished)
+        request = self.make_request()
+        if isinstance(request, ChangeRequest):
+            task: SegmentTask = ChangeTask(request, self.predictors, self.building_predictors, self._finished)
+        else:
+            task = SegmentTask(request, self.predictors, self._finished)
         self.save_settings()
         task.progress_text.connect(self.status_label.setText)
         task.device_text.connect(self._show_predictor_device)
@@ -551,4 +651,5 @@ class MTPDock(QDockWidget):
         self.install_panel.detach()
         self.messages.clear()
         self.predictors.clear()
+        self.building_predictors.clear()
         self._scratch.cleanup()

@@ -8,20 +8,20 @@ from qgis.core import QgsMapLayer
 FIELD = "'Raster layer'"
 
 
-def raster_source(layer: QgsMapLayer) -> str:
-    """The GDAL dataset name the engine reads for a raster layer."""
+def raster_source(layer: QgsMapLayer, field: str = FIELD) -> str:
+    """The GDAL dataset name the engine reads for a raster layer (``field``: the dock field that chose it)."""
     if layer.providerType() != "gdal":
         raise ValueError(f"{layer.name()} is a '{layer.providerType()}' layer, but MTP reads raster files through "
                          f"GDAL; save it as a GeoTIFF (right-click the layer > Export > Save As…) and choose that "
-                         f"layer under {FIELD}")
+                         f"layer under {field}")
     return layer.source()
 
 
-def georeference_problem(layer: QgsMapLayer) -> str | None:
+def georeference_problem(layer: QgsMapLayer, field: str = FIELD) -> str | None:
     """Why the layer's file cannot be placed on the ground, or None. QGIS may show such a layer with a CRS of its
     own choosing (the "layers without CRS" setting), but the engine reads the file."""
     try:
-        dataset = gdal.OpenEx(raster_source(layer), gdal.OF_RASTER | gdal.OF_READONLY)
+        dataset = gdal.OpenEx(raster_source(layer, field), gdal.OF_RASTER | gdal.OF_READONLY)
     except RuntimeError:  # unreadable: the engine's own message explains it when the run starts
         return None
     if dataset is None:
@@ -31,18 +31,18 @@ def georeference_problem(layer: QgsMapLayer) -> str | None:
         return None
     if not has_transform and (dataset.GetGCPCount() or dataset.GetMetadata("RPC")):
         return (f"{layer.name()} is georeferenced only by ground control points or RPCs: make a north-up copy "
-                f"(Raster > Projections > Warp (Reproject)) and choose that layer under {FIELD}")
+                f"(Raster > Projections > Warp (Reproject)) and choose that layer under {field}")
     if not has_transform:
         return (f"{layer.name()} has no georeference (its file places no pixel on the ground): georeference it "
-                f"(Layer > Georeferencer) and choose the result under {FIELD}")
+                f"(Layer > Georeferencer) and choose the result under {field}")
     return (f"{layer.name()} has no CRS in its file (a CRS set in QGIS's layer properties does not reach the file): "
-            f"assign it with Raster > Projections > Assign Projection, then choose the layer under {FIELD}")
+            f"assign it with Raster > Projections > Assign Projection, then choose the layer under {field}")
 
 
-def require_georeferenced(layer: QgsMapLayer) -> str:
+def require_georeferenced(layer: QgsMapLayer, field: str = FIELD) -> str:
     """The layer's GDAL dataset name; ValueError with what to do when MTP cannot use it."""
-    source = raster_source(layer)
-    problem = georeference_problem(layer)
+    source = raster_source(layer, field)
+    problem = georeference_problem(layer, field)
     if problem is not None:
         raise ValueError(problem)
     return source

@@ -91,7 +91,7 @@ class SegmentTask(QgsTask):
             except OSError as exc:
                 raise OSError(f"cannot write to the output folder {out} ({exc.strerror}): choose another "
                               "'Output folder'") from exc
-            self.outcome = self._segment(work, out)
+            self.outcome = self.job(work, out)
         except Cancelled:
             self.outcome = RunOutcome("cancelled", "Cancelled: no file was written and no layer added.")
         except (ValueError, OSError) as exc:  # the engine's messages say what to do
@@ -117,7 +117,8 @@ class SegmentTask(QgsTask):
                           str(work / "out" / ".mtp-"): layer})
         return names
 
-    def _segment(self, work: Path, out: Path) -> RunOutcome:
+    def job(self, work: Path, out: Path) -> RunOutcome:
+        """The engine's work in ``work`` (worker thread), moved to its run folder in ``out`` when complete."""
         from mtp_core.pipeline import extract_buildings
 
         request = self.request
@@ -158,8 +159,7 @@ class SegmentTask(QgsTask):
         outcome = self.outcome or RunOutcome("cancelled", "Cancelled before it started: nothing was written.")
         if outcome.state == "done":
             try:
-                add_result_layers(self.request.group_name, self.request.layer_name, outcome.mask_path,
-                                  outcome.vector_path)
+                self.add_layers(outcome)
             except OSError as exc:
                 outcome = RunOutcome("failed", str(exc))
         level = {"done": Qgis.Success, "cancelled": Qgis.Info, "failed": Qgis.Critical}[outcome.state]
@@ -168,6 +168,11 @@ class SegmentTask(QgsTask):
         QgsMessageLog.logMessage(f"{log}\n{outcome.details}" if outcome.details else log, LOG_TAG, level)
         if self.on_done is not None:
             self.on_done(outcome)
+
+
+    def add_layers(self, outcome: RunOutcome) -> None:
+        """The run's layers, styled, in a new group (GUI thread)."""
+        add_result_layers(self.request.group_name, self.request.layer_name, outcome.mask_path, outcome.vector_path)
 
 
 def free_name(path: Path) -> Path:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from qgis.core import QgsSettings
 
 PREFIX = "mtp/dock/"
+MODES = ("segment", "change")
 MODEL_KINDS = ("demo", "demo-instances", "checkpoint", "architecture")
 AREAS = ("layer", "extent", "polygons")
 DEVICES = ("auto", "cpu", "cuda")
@@ -18,8 +19,11 @@ DEVICES = ("auto", "cpu", "cuda")
 
 @dataclass(frozen=True)
 class DockSettings:
-    """Everything the dock remembers. ``overlap`` -1 and ``threshold`` 0 mean "the model card's own"."""
+    """Everything the dock remembers. ``overlap`` -1 and ``threshold`` 0 mean "the model card's own". ``mode``:
+    segment one raster, or the changes between two; ``kinds`` and ``building_checkpoint`` ("": the demo model) are
+    the change mode's building model."""
 
+    mode: str = "segment"
     model_kind: str = "demo"
     checkpoint: str = ""
     architecture: str = ""
@@ -36,9 +40,11 @@ class DockSettings:
     simplify_m: float = 0.25
     regularize: bool = False
     output_folder: str = ""
+    kinds: bool = False
+    building_checkpoint: str = ""
 
 
-_CHOICES = {"model_kind": MODEL_KINDS, "area": AREAS, "device": DEVICES}
+_CHOICES = {"mode": MODES, "model_kind": MODEL_KINDS, "area": AREAS, "device": DEVICES}
 
 
 def load_settings(settings: QgsSettings | None = None) -> DockSettings:

@@ -1,7 +1,8 @@
-"""MMSeg-style ``model = dict(type='EncoderDecoder', backbone=dict(type='RVSA_MTP', ...), ...)`` → our modules.
+"""MMSeg-style ``model = dict(type='EncoderDecoder', backbone=dict(type='RVSA_MTP', ...), ...)`` → our modules, and
+Open-CD's ``dict(type='SiamEncoderDecoder', neck=dict(type='FeatureFusionNeck'), decode_head=dict(type='UNetHead'))``.
 
-Configs keep MMSeg's vocabulary so researchers recognise MTP's files; this module is the one place that maps it onto
-``mtp_core`` constructors and says clearly what is not supported.
+Configs keep MMSeg's and Open-CD's vocabulary so researchers recognise MTP's files; this module is the one place that
+maps it onto ``mtp_core`` constructors and says clearly what is not supported.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch import Tensor
 from mtp_core.models import EncoderDecoder, ModelCard, create_model
 
 GENERIC_ARCH = "mtp_rvsa_upernet"
+CHANGE_ARCH = "mtp_rvsa_unet_cd"
 
 _BACKBONE_ARGS = {
     "img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "qk_scale",
@@ -31,6 +33,11 @@ _FCN_ARGS = {
     "dropout_ratio", "align_corners",
 }
 _HEAD_COMMON = {"type", "norm_cfg", "loss_decode"}
+_UNET_ARGS = {"encoder_channels", "decoder_channels", "channels", "num_classes", "dropout_ratio", "align_corners",
+              "in_index"}
+# UNetHead arguments of MTP's configs that are checked rather than passed (only one value is what MTP trains)
+_UNET_FIXED = {"use_batchnorm": True, "center": False, "attention_type": None, "ignore_index": 255}
+_UNET_CHECKED = {"in_channels", "n_blocks"}
 
 
 class BuildError(ValueError):
@@ -58,6 +65,7 @@ class SegmentorSpec:
     crop_size: tuple[int, int] = (384, 384)
     stride: tuple[int, int] = (256, 256)
     extra: dict[str, Any] = field(default_factory=dict)
+    architecture: str = GENERIC_ARCH
 
 
 def _pick(cfg: Mapping[str, Any], allowed: set[str], what: str) -> dict[str, Any]:
@@ -69,13 +77,14 @@ def _pick(cfg: Mapping[str, Any], allowed: set[str], what: str) -> dict[str, Any
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in allowed}
 
 
-def _backbone_args(cfg: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+def _backbone_args(cfg: Mapping[str, Any], ignored: frozenset[str] = frozenset()) -> tuple[dict[str, Any], str | None]:
     if cfg.get("type") != "RVSA_MTP":
         raise BuildError(f"backbone type {cfg.get('type')!r} is not supported: use 'RVSA_MTP'")
     for key, value in _BACKBONE_FIXED.items():
         if key in cfg and cfg[key] != value:
             raise BuildError(f"backbone {key}={cfg[key]!r} is not supported (MTP's models use {value!r})")
-    rest = {k: v for k, v in cfg.items() if k not in _BACKBONE_IGNORED and k not in _BACKBONE_FIXED}
+    skip = _BACKBONE_IGNORED | ignored
+    rest = {k: v for k, v in cfg.items() if k not in skip and k not in _BACKBONE_FIXED}
     return _pick(rest, _BACKBONE_ARGS, "backbone"), cfg.get("pretrained")
 
 
@@ -90,7 +99,8 @@ def _loss_terms(head_cfg: Mapping[str, Any], head: str, default_weight: float) -
     losses = head_cfg.get("loss_decode", {"type": "CrossEntropyLoss", "loss_weight": default_weight})
     terms = []
     for loss in [losses] if isinstance(losses, Mapping) else losses:
-        if loss.get("type") != "CrossEntropyLoss" or loss.get("use_sigmoid", False):
+        kind = str(loss.get("type", "")).removeprefix("mmseg.")  # Open-CD's configs name MMSeg's scope
+        if kind != "CrossEntropyLoss" or loss.get("use_sigmoid", False):
             raise BuildError(f"loss {dict(loss)} is not supported: use CrossEntropyLoss with use_sigmoid=False")
         weights = loss.get("class_weight")
         terms.append(
@@ -101,9 +111,13 @@ def _loss_terms(head_cfg: Mapping[str, Any], head: str, default_weight: float) -
 
 
 def build_segmentor(model_cfg: Mapping[str, Any]) -> SegmentorSpec:
-    """Build the segmentor of an MMSeg-style model config (``EncoderDecoder`` + ``RVSA_MTP`` + ``UPerHead``)."""
+    """Build the model of an MMSeg-style config (``EncoderDecoder`` + ``RVSA_MTP`` + ``UPerHead``) or of an Open-CD
+    one (``SiamEncoderDecoder`` + ``RVSA_MTP`` + ``FeatureFusionNeck`` + ``UNetHead``)."""
+    if model_cfg.get("type") == "SiamEncoderDecoder":
+        return build_change_detector(model_cfg)
     if model_cfg.get("type", "EncoderDecoder") != "EncoderDecoder":
-        raise BuildError(f"model type {model_cfg.get('type')!r} is not supported: use 'EncoderDecoder'")
+        raise BuildError(f"model type {model_cfg.get('type')!r} is not supported: use 'EncoderDecoder' (segmentation) "
+                         "or 'SiamEncoderDecoder' (change detection)")
     if model_cfg.get("pretrained"):
         raise BuildError("model.pretrained is not used by MTP configs: set model.backbone.pretrained or load_from")
     backbone, pretrained = _backbone_args(model_cfg["backbone"])
@@ -132,18 +146,72 @@ def build_segmentor(model_cfg: Mapping[str, Any]) -> SegmentorSpec:
     return SegmentorSpec(model, arch_args, tuple(losses), pretrained, sync_bn, mode, crop, stride)  # type: ignore[arg-type]
 
 
+def build_change_detector(model_cfg: Mapping[str, Any]) -> SegmentorSpec:
+    """Open-CD's ``SiamEncoderDecoder`` as MTP configures it (``mtp_multitask_spec.md`` §5.1): the CD copy of
+    ``RVSA_MTP`` (``frozen_stages`` is accepted and, as in the original, has no effect), ``abs_diff`` fusion and
+    MTP's ``UNetHead``; test mode ``whole`` (or ``slide``)."""
+    if model_cfg.get("pretrained"):
+        raise BuildError("model.pretrained is not used by MTP configs: set model.backbone.pretrained or load_from")
+    if model_cfg.get("auxiliary_head"):
+        raise BuildError("an auxiliary head is not supported for change detection (MTP's configs have none)")
+    backbone, pretrained = _backbone_args(model_cfg["backbone"], frozenset({"frozen_stages"}))
+    neck_cfg = dict(model_cfg.get("neck") or {})
+    if neck_cfg.get("type") != "FeatureFusionNeck":
+        raise BuildError(f"neck type {neck_cfg.get('type')!r} is not supported: SiamEncoderDecoder needs "
+                         "'FeatureFusionNeck'")
+    neck = _pick({k: v for k, v in neck_cfg.items() if k != "type"}, {"policy", "out_indices"}, "neck")
+    head_cfg = model_cfg["decode_head"]
+    if head_cfg.get("type") != "UNetHead":
+        raise BuildError(f"decode_head type {head_cfg.get('type')!r} is not supported for change detection: use "
+                         "'UNetHead'")
+    for key, value in _UNET_FIXED.items():
+        if key in head_cfg and head_cfg[key] != value:
+            raise BuildError(f"decode_head {key}={head_cfg[key]!r} is not supported (MTP's UNetHead uses {value!r})")
+    head = _pick({k: v for k, v in head_cfg.items() if k not in _UNET_FIXED and k not in _UNET_CHECKED},
+                 _UNET_ARGS, "decode_head")
+    decoder = head.get("decoder_channels", (512, 256, 128, 64))
+    if "n_blocks" in head_cfg and head_cfg["n_blocks"] != len(decoder):
+        raise BuildError(f"decode_head n_blocks={head_cfg['n_blocks']} but decoder_channels has {len(decoder)} "
+                         "entries: give one width per block")
+    if "in_channels" in head_cfg and "encoder_channels" in head and tuple(head_cfg["in_channels"]) != tuple(
+            head["encoder_channels"]):
+        raise BuildError(f"decode_head in_channels {head_cfg['in_channels']} and encoder_channels "
+                         f"{head['encoder_channels']} differ: both describe the fused backbone maps")
+    arch_args: dict[str, Any] = {"backbone": backbone, "neck": neck, "decode_head": head}
+    model = create_model(CHANGE_ARCH, **arch_args)
+    test_cfg = model_cfg.get("test_cfg") or {"mode": "whole"}
+    mode = test_cfg.get("mode", "whole")
+    crop = tuple(test_cfg.get("crop_size", (backbone.get("img_size", 256),) * 2))
+    stride = tuple(test_cfg.get("stride", crop))
+    return SegmentorSpec(model, arch_args, tuple(_loss_terms(head_cfg, "decode", 1.0)), pretrained,  # type: ignore[arg-type]
+                         _norm_is_sync(head_cfg), mode, crop, stride, architecture=CHANGE_ARCH)  # type: ignore[arg-type]
+
+
 def model_card(spec: SegmentorSpec, preprocessor_cfg: Mapping[str, Any], classes: tuple[str, ...],
                overrides: Mapping[str, Any] | None = None) -> ModelCard:
-    """The card saved with trained checkpoints: the exact network plus the data conventions of the config."""
+    """The card saved with trained checkpoints: the exact network plus the data conventions of the config.
+
+    A change detector tested whole-image (Open-CD's ``mode='whole'``) gets a quarter-tile overlap for rasters, where
+    tiles must be blended; its mean/std are one date's (the config repeats them for the second date)."""
     tile = spec.crop_size[0]
+    overlap = tile - spec.stride[0]
+    if spec.architecture == CHANGE_ARCH and overlap == 0:
+        overlap = tile // 4
+    mean = tuple(preprocessor_cfg.get("mean", (123.675, 116.28, 103.53)))
+    std = tuple(preprocessor_cfg.get("std", (58.395, 57.12, 57.375)))
+    if spec.architecture == CHANGE_ARCH and len(mean) == 6:
+        if mean[:3] != mean[3:] or std[:3] != std[3:]:
+            raise BuildError(f"the preprocessor normalises the two dates differently (mean {list(mean)}, std "
+                             f"{list(std)}); a change detector's card holds one mean/std for both")
+        mean, std = mean[:3], std[:3]
     card = ModelCard(
-        architecture=GENERIC_ARCH,
+        architecture=spec.architecture,
         arch_args=spec.arch_args,
         classes=classes,
         tile=tile,
-        overlap=tile - spec.stride[0],
-        mean=tuple(preprocessor_cfg.get("mean", (123.675, 116.28, 103.53))),
-        std=tuple(preprocessor_cfg.get("std", (58.395, 57.12, 57.375))),
+        overlap=overlap,
+        mean=mean,
+        std=std,
     )
     return card.replace(**dict(overrides or {}))
 
@@ -151,7 +219,14 @@ def model_card(spec: SegmentorSpec, preprocessor_cfg: Mapping[str, Any], classes
 def segmentation_loss(
     logits: Tensor, aux_logits: Tensor | None, target: Tensor, terms: tuple[LossTerm, ...], ignore_index: int = 255
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Total loss and its parts (``decode.loss_ce``, ``aux.loss_ce``, ``decode.acc_seg``) as MMSeg logs them."""
+    """Total loss and its parts (``decode.loss_ce``, ``aux.loss_ce``, ``decode.acc_seg``) as MMSeg logs them.
+
+    Logits of another size than the label (MTP's OSCD pipeline keeps 96 px labels under 224 px images) are resized
+    to it bilinearly, as MMSeg's ``loss_by_feat`` does."""
+    if tuple(logits.shape[-2:]) != tuple(target.shape[-2:]):
+        logits = F.interpolate(logits, size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)
+        if aux_logits is not None:
+            aux_logits = F.interpolate(aux_logits, size=tuple(target.shape[-2:]), mode="bilinear", align_corners=False)
     parts: dict[str, Tensor] = {}
     total = logits.new_zeros((), dtype=torch.float32)
     for term in terms:

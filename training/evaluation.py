@@ -59,7 +59,9 @@ def evaluate(
     """aAcc/mIoU/mAcc/mDice/mFscore summed across ranks (as MMSeg's IoUMetric), plus building polygon F1.
 
     The polygon F1 (``building_f1``/``_precision``/``_recall``) follows SpaceNet's rules on the vectorized prediction
-    and label of each image, counts summed over the split; it is computed when a class is named ``building``.
+    and label of each image, counts summed over the split; it is computed when a class is named ``building``. A change
+    detector (a class named ``changed``) also gets ``changed_f1``/``_iou``/``_precision``/``_recall``: the per-class
+    values of the pixel metric for that class, x100, which is what MTP reports as F1 for LEVIR-CD, WHU-CD, CDD, OSCD.
     With ``tta`` views the prediction is their mean probability (see ``training.tta``).
     """
     was_training = model.training
@@ -93,6 +95,10 @@ def evaluate(
         counts = all_reduce_sum_(counts.to(info.device), info).cpu()
     model.train(was_training)
     result = metrics.compute()
+    if "changed" in class_names:
+        per_class, i = metrics.per_class(), class_names.index("changed")
+        for key, name in (("Fscore", "f1"), ("IoU", "iou"), ("Precision", "precision"), ("Recall", "recall")):
+            result[f"changed_{name}"] = 100 * float(per_class[key][i])
     if building is not None:
         polygons = MatchResult.from_counts(*(int(c) for c in counts))
         result.update(building_tp=polygons.tp, building_fp=polygons.fp, building_fn=polygons.fn,

@@ -100,8 +100,10 @@ class InstanceTrainer(Trainer):
         if self.spec.model.num_classes != len(self.classes):
             raise BuildError(f"decode_head.num_classes is {self.spec.model.num_classes} but the data have "
                              f"{len(self.classes)} classes with the background ({', '.join(self.classes)})")
-        self.max_iters = int(cfg["train_cfg"]["max_iters"])
         self.batch_size = int(loader_cfg.get("batch_size", 1))
+        self.iters_per_epoch = self._iters_per_epoch()
+        self.max_iters = (int(cfg["train_cfg"]["max_epochs"]) * self.iters_per_epoch if self.iters_per_epoch
+                          else int(cfg["train_cfg"]["max_iters"]))
         self._check_batch_norm_batch()
 
         model: InstanceSegmentor = self.spec.model
@@ -116,7 +118,7 @@ class InstanceTrainer(Trainer):
         if info.is_main:
             log.info("%r", self.optim_wrapper)
         self.scheduler = build_scheduler(self.optim_wrapper.optimizer, cfg.get("param_scheduler") or [],
-                                         self.max_iters)
+                                         self.max_iters, self.iters_per_epoch)
         self.ddp = (
             DistributedDataParallel(self.model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                                     find_unused_parameters=bool(cfg.get("find_unused_parameters")))

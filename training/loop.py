@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 import mtp_core
 from mtp_core.checkpoint import atomic_torch_save, load_weights, safe_load
 from mtp_core.models import EncoderDecoder, ModelCard
-from training.builder import SegmentorSpec, build_segmentor, model_card, segmentation_loss
+from training.builder import CHANGE_ARCH, SegmentorSpec, build_segmentor, model_card, segmentation_loss
 from training.config import config_text
 from training.data import InfiniteSampler, SegDataPreProcessor, build_dataset, collate
 from training.dist import DistInfo, per_tensor_allreduce
@@ -69,6 +69,7 @@ class Trainer(IterRunner):
             mean=pre_cfg.get("mean", (123.675, 116.28, 103.53)), std=pre_cfg.get("std", (58.395, 57.12, 57.375)),
             size=tuple(pre_cfg["size"]) if pre_cfg.get("size") else None,
             pad_val=pre_cfg.get("pad_val", 0), seg_pad_val=pre_cfg.get("seg_pad_val", 255),
+            size_divisor=pre_cfg.get("size_divisor"),
         )
         self.eval_preprocess = SegDataPreProcessor(mean=self.preprocess.mean, std=self.preprocess.std)
         loader_cfg = cfg["train_dataloader"]
@@ -81,8 +82,10 @@ class Trainer(IterRunner):
         card_overrides = {"band_ranges": ranges} if ranges else {}
         self.card: ModelCard = model_card(self.spec, pre_cfg, self.classes,
                                           {**card_overrides, **(cfg.get("model_card") or {})})
-        self.max_iters = int(cfg["train_cfg"]["max_iters"])
         self.batch_size = int(loader_cfg.get("batch_size", 1))
+        self.iters_per_epoch = self._iters_per_epoch()
+        self.max_iters = (int(cfg["train_cfg"]["max_epochs"]) * self.iters_per_epoch if self.iters_per_epoch
+                          else int(cfg["train_cfg"]["max_iters"]))
         self._check_batch_norm_batch()
 
         model: EncoderDecoder = self.spec.model
@@ -90,6 +93,10 @@ class Trainer(IterRunner):
             self._log_report(load_weights(model.backbone, self.spec.pretrained))
         if cfg.get("load_from") and not cfg.get("resume"):  # resume=True makes load_from the checkpoint to resume
             self._log_report(load_weights(model, cfg["load_from"]))
+        if info.distributed and self.spec.architecture == CHANGE_ARCH and not cfg.get("find_unused_parameters"):
+            raise ValueError("a change detector's backbone keeps fpn1..4 and norm (they are in its checkpoints) but "
+                             "gives them no gradient, which distributed training must be told: set "
+                             "find_unused_parameters=True (MTP's change-detection command does)")
         if info.distributed and self.spec.sync_bn:
             model = convert_sync_bn(model, info.device)
         self.model = model.to(info.device)
@@ -97,7 +104,7 @@ class Trainer(IterRunner):
         if info.is_main:
             log.info("%r", self.optim_wrapper)
         self.scheduler = build_scheduler(self.optim_wrapper.optimizer, cfg.get("param_scheduler") or [],
-                                         self.max_iters)
+                                         self.max_iters, self.iters_per_epoch)
         self.ddp = (
             DistributedDataParallel(self.model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                                     find_unused_parameters=bool(cfg.get("find_unused_parameters")))
@@ -108,6 +115,27 @@ class Trainer(IterRunner):
         self.sampler: InfiniteSampler | None = None
         self._sampler_state: dict[str, Any] | None = None
         self._sampler_first_iteration = 0
+
+    def _iters_per_epoch(self) -> int | None:
+        """Iterations of one epoch for Open-CD's ``EpochBasedTrainLoop`` (None for iteration-based training).
+
+        An epoch is one pass over the training set by all ranks together: ``ceil(len / (batch x ranks))``
+        iterations. The sample stream runs on across epoch borders (no short last batch), so every iteration has a
+        full batch and resuming stays exact; the epoch length sets the schedule, validation and checkpoints."""
+        train_cfg = self.cfg["train_cfg"]
+        loop = train_cfg.get("type", "IterBasedTrainLoop")
+        if loop == "IterBasedTrainLoop":
+            return None
+        if loop != "EpochBasedTrainLoop":
+            raise ValueError(f"train_cfg type {loop!r} is not supported: use IterBasedTrainLoop or EpochBasedTrainLoop")
+        if not train_cfg.get("max_epochs"):
+            raise ValueError("EpochBasedTrainLoop needs train_cfg.max_epochs")
+        return max(1, -(-len(self.train_set) // (self.batch_size * self.info.world_size)))
+
+    def _every(self, hook_cfg: dict[str, Any] | None, key: str, default: int, by_epoch: bool) -> int:
+        """An interval in iterations: epochs times the epoch length where the setting is per epoch."""
+        value = int((hook_cfg or {}).get(key) or default)
+        return value * self.iters_per_epoch if by_epoch and self.iters_per_epoch else value
 
     def _validates(self) -> bool:
         """MMEngine validates when val_dataloader, val_evaluator and val_cfg are all set."""
@@ -225,7 +253,7 @@ class Trainer(IterRunner):
         metrics = evaluate(self.model, self._val_loader(), self.eval_preprocess, self.info, self.classes,
                            self.spec.test_mode, self.spec.crop_size, self.spec.stride,
                            getattr(self.optim_wrapper, "cast_dtype", None))
-        keys = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "building_f1")
+        keys = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore", "building_f1", "changed_f1", "changed_iou")
         summary = {k: metrics[k] for k in keys if k in metrics}
         if self.info.is_main:
             log.info("val at iter %d: %s", self.iteration, " ".join(f"{k} {v:.2f}" for k, v in summary.items()))
@@ -248,9 +276,10 @@ class Trainer(IterRunner):
         return out
 
     def _checkpoint_due(self) -> bool:
-        every = int(self.cfg["default_hooks"]["checkpoint"].get("interval", 5000))
+        hook = self.cfg["default_hooks"]["checkpoint"]
+        every = self._every(hook, "interval", 5000, bool(hook.get("by_epoch")))
         return self.iteration % every == 0 or self.iteration == self.max_iters
 
     def _validation_due(self) -> bool:
-        every = int(self.cfg["train_cfg"].get("val_interval") or 0)
+        every = self._every(self.cfg["train_cfg"], "val_interval", 0, True)
         return bool(every) and self.iteration % every == 0

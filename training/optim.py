@@ -3,9 +3,11 @@
 * ``layer_decay_param_groups`` is MTP's ``LayerDecayOptimizerConstructor_ViT`` (mtp_spec §3.2): one group per
   (layer id, decay or not), each with its own ``lr = lr_scale * base_lr``.
 * ``build_optimizer`` reads an MMSeg ``optim_wrapper`` dict (the wrapper itself: ``training.optim_wrapper``).
-* ``build_scheduler`` reads an MMEngine ``param_scheduler`` list (iteration-based) and computes every learning
-  rate in closed form from the iteration counter, so a resumed run gets bit-identical rates and 80k steps of
-  multiplicative updates cannot drift (mtp_spec §3.3).
+* ``build_scheduler`` reads an MMEngine ``param_scheduler`` list and computes every learning rate in closed form from
+  the iteration counter, so a resumed run gets bit-identical rates and 80k steps of multiplicative updates cannot
+  drift (mtp_spec §3.3). Epoch-based schedules (Open-CD's change-detection configs) need the epoch length:
+  ``convert_to_iter_based=True`` phases become iteration phases, the others change once per epoch, as MMEngine
+  steps them after each epoch.
 """
 from __future__ import annotations
 
@@ -238,32 +240,54 @@ class PolyLR(_Phase):
         return (start - self.eta_min) * (1.0 - k / self.total_iters) ** self.power + self.eta_min
 
 
+@dataclass(frozen=True)
+class EpochStepped(_Phase):
+    """A phase MMEngine steps once per epoch (``by_epoch=True`` without ``convert_to_iter_based``): ``begin``/``end``
+    in iterations, ``inner`` in epochs; the rate holds for a whole epoch."""
+
+    inner: _Phase
+    iters_per_epoch: int
+
+    def value(self, start: float, k: int) -> float:
+        return self.inner.value(start, k // self.iters_per_epoch)
+
+
 _SCHEDULERS: dict[str, type[_Phase]] = {
     cls.__name__: cls for cls in (LinearLR, CosineAnnealingLR, ConstantLR, PolyLR)
 }
 
 
-def _parse_phase(cfg: Mapping[str, Any], max_iters: int) -> _Phase:
-    """One ``param_scheduler`` entry; a missing ``end`` is ``max_iters``, as MMEngine's runner fills it in."""
+def _parse_phase(cfg: Mapping[str, Any], max_iters: int, iters_per_epoch: int | None = None) -> _Phase:
+    """One ``param_scheduler`` entry; a missing ``end`` is the end of training, as MMEngine's runner fills it in."""
     cfg = dict(cfg)
     kind = cfg.pop("type", None)
     if kind not in _SCHEDULERS:
         raise ValueError(f"param_scheduler type {kind!r} is not supported; valid: {sorted(_SCHEDULERS)}")
-    if cfg.pop("by_epoch", True):
+    by_epoch = cfg.pop("by_epoch", True)
+    convert = cfg.pop("convert_to_iter_based", False)
+    if by_epoch and iters_per_epoch is None:
         raise ValueError(
-            f"{kind}: by_epoch=True (MMEngine's default) is not supported; training is iteration-based, "
-            f"set by_epoch=False and give begin/end in iterations"
+            f"{kind}: by_epoch=True (MMEngine's default) needs an epoch-based loop (train_cfg type "
+            f"EpochBasedTrainLoop); with IterBasedTrainLoop set by_epoch=False and give begin/end in iterations"
         )
+    scale = iters_per_epoch if by_epoch else 1
     cfg.setdefault("begin", 0)
-    cfg.setdefault("end", max_iters)
+    cfg.setdefault("end", max_iters // scale)
     cls = _SCHEDULERS[kind]
     valid = {f.name for f in fields(cls)}
     unknown = sorted(set(cfg) - valid)
     if unknown:
-        raise ValueError(f"{kind}: unsupported keys {unknown}; valid: {sorted(valid | {'type', 'by_epoch'})}")
+        raise ValueError(f"{kind}: unsupported keys {unknown}; valid: "
+                         f"{sorted(valid | {'type', 'by_epoch', 'convert_to_iter_based'})}")
+    if by_epoch and convert:  # MMEngine's build_iter_from_epoch: begin, end and T_max times the epoch length
+        cfg["begin"], cfg["end"] = cfg["begin"] * scale, cfg["end"] * scale
+        if cfg.get("T_max") is not None:
+            cfg["T_max"] = cfg["T_max"] * scale
     phase = cls(**cfg)
     if phase.end <= phase.begin:
         raise ValueError(f"{kind}: end ({phase.end}) must be larger than begin ({phase.begin})")
+    if by_epoch and not convert:
+        phase = EpochStepped(phase.begin * scale, phase.end * scale, phase, scale)
     return phase  # a phase beyond max_iters (a shortened run) is simply never reached, as in MMEngine
 
 
@@ -341,11 +365,13 @@ class ParamScheduler:
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, param_scheduler: Iterable[Mapping[str, Any]] | Mapping[str, Any], max_iters: int,
+    iters_per_epoch: int | None = None,
 ) -> ParamScheduler:
-    """A ``ParamScheduler`` from an MMEngine ``param_scheduler`` config (one dict or a list), iteration-based.
+    """A ``ParamScheduler`` from an MMEngine ``param_scheduler`` config (one dict or a list).
 
     Supported types: LinearLR, CosineAnnealingLR, ConstantLR, PolyLR with MMEngine's arguments and semantics;
-    entries must not overlap in ``[begin, end)``; a missing ``end`` defaults to ``max_iters``.
+    entries must not overlap in ``[begin, end)``; a missing ``end`` defaults to the end of training. ``by_epoch``
+    entries need ``iters_per_epoch`` (epoch-based training; see the module docstring).
     """
     entries = [param_scheduler] if isinstance(param_scheduler, Mapping) else list(param_scheduler)
-    return ParamScheduler(optimizer, [_parse_phase(entry, max_iters) for entry in entries])
+    return ParamScheduler(optimizer, [_parse_phase(entry, max_iters, iters_per_epoch) for entry in entries])

@@ -1,4 +1,5 @@
-"""``python -m training.test CONFIG CKPT`` — MMSeg's ``tools/test.py`` for MTP configs: metrics and prediction maps.
+"""``python -m training.test CONFIG CKPT`` — MMSeg's (and Open-CD's) ``tools/test.py`` for MTP configs: metrics and
+prediction maps; change detectors report F1/IoU/precision/recall of the class "changed".
 
 Checkpoints in any layout load (ours, MMSeg's ``iter_80000.pth``, ...). Metrics equal MMSeg's IoUMetric (aAcc, mIoU,
 mAcc, mDice, mFscore = mF1, per class) with the config's test mode (MTP: slide 384/256) and go to a JSON file, with
@@ -38,7 +39,8 @@ PALETTE = np.array([[0, 0, 0], [255, 60, 60], [60, 200, 255], [255, 220, 0], [12
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mtp-test", description="Evaluate an MTP segmentation checkpoint.")
+    parser = argparse.ArgumentParser(prog="mtp-test", description="Evaluate an MTP segmentation or change-detection "
+                                                                  "checkpoint.")
     parser.add_argument("config")
     parser.add_argument("checkpoint")
     parser.add_argument("--work-dir", help="where results.json goes (default: ./work_dirs/CONFIG_NAME)")
@@ -90,7 +92,7 @@ def prediction_writer(show_dir: Path | None, out_dir: Path | None, reduce_zero_l
             write_label_png(pred_np + 1 if reduce_zero_label else pred_np, out_dir / f"{name}.png")
         if show_dir is None:
             return
-        img = sample["img"].permute(1, 2, 0).numpy()
+        img = sample["img"][-3:].permute(1, 2, 0).numpy()  # a change detector's sample: date B under its changes
         if img.shape[:2] == pred_np.shape:
             colour = PALETTE[pred_np % len(PALETTE)]
             blend = np.where(pred_np[..., None] > 0, (0.55 * img + 0.45 * colour), img).astype(np.uint8)
@@ -188,7 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
         keys = ("aAcc", "mIoU", "mAcc", "mDice", "mFscore")
         summary = " ".join(f"{k} {metrics[k]:.2f}" for k in keys)
-        if "building_f1" in metrics:
+        if "changed_f1" in metrics:
+            summary += (f" | changed: F1 {metrics['changed_f1']:.2f}, IoU {metrics['changed_iou']:.2f}, precision "
+                        f"{metrics['changed_precision']:.2f}, recall {metrics['changed_recall']:.2f}")
+        elif "building_f1" in metrics:
             summary += (f" | building F1 {metrics['building_f1']:.2f} (precision {metrics['building_precision']:.2f}, "
                         f"recall {metrics['building_recall']:.2f}; {metrics['building_tp']} TP, "
                         f"{metrics['building_fp']} FP, {metrics['building_fn']} FN polygons)")

@@ -20,7 +20,8 @@ LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mtp-train", description="Train an MTP segmentation model from a config.")
+    parser = argparse.ArgumentParser(prog="mtp-train", description="Train an MTP segmentation model or change detector "
+                                                                   "from a config.")
     parser.add_argument("config", help="config file (e.g. training/configs/mtp/spacenetv1/...py)")
     parser.add_argument("--work-dir", help="where logs and checkpoints go (default: ./work_dirs/CONFIG_NAME)")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",

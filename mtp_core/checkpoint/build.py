@@ -1,5 +1,6 @@
-"""The right model for a checkpoint file: which segmentor it needs (from its model card, or inferred from the weights
-of a released file), :func:`load_model`, and :func:`require_decoder` (no prediction with a random head)."""
+"""The right model for a checkpoint file: which segmentor or change detector it needs (from its model card, or
+inferred from the weights of a released file), :func:`load_model`, and :func:`require_decoder` (no prediction with a
+random head)."""
 from __future__ import annotations
 
 import inspect
@@ -75,6 +76,16 @@ def _with_classes(name: str, args: dict[str, Any], num_classes: int) -> dict[str
     return out
 
 
+def unet_widths(state: Mapping[str, Tensor]) -> dict[str, Any]:
+    """``decoder_channels`` and ``channels`` of a UNet change head in a file (none when the file has no head)."""
+    widths = []
+    while (weight := state.get(f"decode_head.blocks.{len(widths)}.conv2.0.weight")) is not None:
+        widths.append(int(weight.shape[0]))
+    if not widths:
+        return {}
+    return {"decoder_channels": tuple(widths), "channels": widths[-1]}
+
+
 def target_for(
     state: Mapping[str, Tensor],
     layout: str,
@@ -105,30 +116,36 @@ def target_for(
     parts = split_parts(state, layout)
     if layout == "mmdet_maskrcnn":
         return _maskrcnn_target(state, parts, architecture, num_classes)
+    kind = model_entry(architecture).kind if architecture is not None else (
+        "change" if layout == "opencd" else "segmentor")
+    presets = preset_segmentors("change") + preset_segmentors() if architecture else preset_segmentors(kind)
     if architecture is None:
         dims = backbone_dims(state, parts.backbone)
-        architecture = segmentor_for(dims)
+        architecture = segmentor_for(dims, kind)
         if architecture is None:
             raise CheckpointError(
                 f"cannot tell the architecture of this {LAYOUTS[layout]} file: it holds {describe_dims(dims)}; "
-                f"pass one of {', '.join(preset_segmentors())} (CLI: --arch)"
+                f"pass one of {', '.join(presets)} (CLI: --arch)"
             )
-    elif model_entry(architecture).kind != "segmentor":
+    elif kind not in ("segmentor", "change"):
         raise CheckpointError(
-            f"{architecture} is a backbone; load_model builds segmentors ({', '.join(preset_segmentors())}). "
+            f"{architecture} is a {kind}; load_model builds segmentors and change detectors ({', '.join(presets)}). "
             "For a bare backbone use create_model() and load_weights()"
         )
-    elif architecture not in preset_segmentors():
+    elif architecture not in presets:
         raise CheckpointError(
             f"{architecture} needs its full arguments, which only our checkpoints' model cards hold; for this file "
-            f"pick one of {', '.join(preset_segmentors())}"
+            f"pick one of {', '.join(presets)}"
         )
     classes_in_file = file_classes(state)
     args: dict[str, Any] = {"num_classes": num_classes if num_classes is not None else classes_in_file or 2}
-    semseg_seg = parts.semseg_decoder.get("conv_seg.weight") if semseg else None
-    channels = int(state[semseg_seg].shape[1]) if semseg_seg else head_channels(state)
-    if channels is not None:
-        args["decode_channels"] = channels
+    if kind == "change":
+        args.update(unet_widths(state))
+    else:
+        semseg_seg = parts.semseg_decoder.get("conv_seg.weight") if semseg else None
+        channels = int(state[semseg_seg].shape[1]) if semseg_seg else head_channels(state)
+        if channels is not None:
+            args["decode_channels"] = channels
     pos = parts.backbone.get("pos_embed")
     if parts.heads and pos is not None:  # a fine-tuned model ran at its crop size (LoveDA: 512), keep it
         grid = math.isqrt(state[pos].shape[1])
@@ -175,7 +192,10 @@ def require_decoder(report: LoadReport, architecture: str = "") -> None:
     absent = [k for k in report.missing + report.reinitialized if k.startswith("decode_head.")]
     size = "l" if "vit_l" in architecture else "b"
     config = f"training/configs/mtp/spacenetv1/rvsa-{size}-upernet-384-mae-mtp-spacenetv1.py"
-    fine_tune = (f"fine-tune a segmentor from it first (python -m training.train {config} --cfg-options "
+    what = "a segmentor"
+    if architecture and model_entry(architecture).kind == "change":
+        config, what = f"training/configs/mtp/levir/rvsa-{size}-unet-256-mae-mtp_levir.py", "a change detector"
+    fine_tune = (f"fine-tune {what} from it first (python -m training.train {config} --cfg-options "
                  f"model.backbone.pretrained={report.source}) and predict with the checkpoint that writes")
     if absent:
         raise CheckpointError(

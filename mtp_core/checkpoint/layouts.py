@@ -17,6 +17,7 @@ from mtp_core.models.registry import create_model, list_models, model_entry
 LAYOUTS: dict[str, str] = {
     "mtp_core": "mtp_core checkpoint (state_dict + model card)",
     "mmseg": "MMSeg/MMEngine fine-tuned segmentor (backbone.* + decode_head.*)",
+    "opencd": "Open-CD fine-tuned change detector (backbone.* + MTP's UNet head decode_head.blocks.*)",
     "mtp_pretrain": "full MTP multi-task pretraining model (encoder.* + semsegdecoder/insseg/rotdet decoders)",
     "change_ckpt": "output of MTP's scripts/change_ckpt.py (backbone.* with the pretraining decoders)",
     "mmdet_maskrcnn": "Mask R-CNN with MMDet's names (backbone.*, neck.*, rpn_head.*, roi_head.*)",
@@ -34,6 +35,7 @@ HEAD_PREFIXES = tuple(f"{h}." for h in HEAD_NAMES)
 BACKBONE_EXTRAS = ("norm.", "cls_token", "mask_token", "decoder_", "fc_norm.", "head.")
 REL_POS_SUFFIXES = ("full_attn_rel_pos_h", "full_attn_rel_pos_w")
 PATCH_SIZE = 16  # every MTP model (RVSAViT supports no other)
+UNET_BLOCKS = "decode_head.blocks."  # MTP's UNet change-detection head (Open-CD)
 
 
 def card_dict(obj: Any) -> dict[str, Any] | None:
@@ -67,6 +69,8 @@ def _classify(keys: list[str], has_card: bool) -> str:
             return "change_ckpt"
         if any(k.startswith("roi_head.mask_head.") for k in keys):
             return "mmdet_maskrcnn"
+        if any(k.startswith(UNET_BLOCKS) for k in keys):
+            return "opencd"
         return "mmseg" if any(k.startswith("decode_head.") for k in keys) else "backbone_prefixed"
     if any(k.startswith(("cls_token", "mask_token", "decoder_")) for k in keys):
         return "mae"
@@ -135,16 +139,16 @@ def _segmentor_dims(name: str) -> tuple[int, int]:
     return model.backbone.embed_dim, len(model.backbone.blocks)
 
 
-def preset_segmentors() -> list[str]:
-    """Segmentors configured by ``num_classes``/``decode_channels``/backbone overrides (not the fully specified one,
-    which needs the dicts of a model card)."""
-    names = list_models("segmentor")
+def preset_segmentors(kind: str = "segmentor") -> list[str]:
+    """Segmentors (or change detectors, ``kind="change"``) configured by ``num_classes``/head widths/backbone
+    overrides (not the fully specified ones, which need the dicts of a model card)."""
+    names = list_models(kind)  # type: ignore[arg-type]
     return [n for n in names if "num_classes" in inspect.signature(model_entry(n).builder).parameters]
 
 
-def segmentor_for(dims: tuple[int, int] | None) -> str | None:
-    """The preset segmentor whose backbone has these (embed_dim, depth), if any."""
-    return next((n for n in preset_segmentors() if dims is not None and _segmentor_dims(n) == dims), None)
+def segmentor_for(dims: tuple[int, int] | None, kind: str = "segmentor") -> str | None:
+    """The preset segmentor (or change detector) whose backbone has these (embed_dim, depth), if any."""
+    return next((n for n in preset_segmentors(kind) if dims is not None and _segmentor_dims(n) == dims), None)
 
 
 def instance_model_for(dims: tuple[int, int] | None) -> str | None:

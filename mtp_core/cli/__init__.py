@@ -1,5 +1,5 @@
-"""The ``mtp`` command line: one module per command (predict, vectorize, evaluate, merge, convert-ckpt, info, demo,
-synth).
+"""The ``mtp`` command line: one module per command (predict, change, vectorize, evaluate, merge, convert-ckpt, info,
+demo, synth).
 
 What a user can fix (:class:`~mtp_core.errors.UserError`: a missing file, a raster without georeference, a wrong band
 count, ...) and I/O failures (a full disk, a read-only folder) are printed as one line that says what to do. Any
@@ -13,11 +13,11 @@ import traceback
 from typing import Sequence
 
 import mtp_core
-from mtp_core.cli import convert_ckpt, demo, evaluate, info, merge, predict, synth, vectorize
+from mtp_core.cli import change, convert_ckpt, demo, evaluate, info, merge, predict, synth, vectorize
 from mtp_core.errors import UserError
 
 TRACKER = "https://github.com/mtp-qgis/mtp-qgis/issues"
-_COMMANDS = (predict, vectorize, evaluate, merge, info, convert_ckpt, synth, demo)
+_COMMANDS = (predict, change, vectorize, evaluate, merge, info, convert_ckpt, synth, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

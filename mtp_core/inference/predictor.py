@@ -100,7 +100,9 @@ class RunStats:
 
 
 class Predictor:
-    """A segmentor ready for rasters: device, precision, batching and the model card's data conventions.
+    """A segmentor or change detector ready for rasters: device, precision, batching and the model card's data
+    conventions. A change detector (``model.num_inputs == 2``) reads a :class:`~.sources.TwoDateSource`: each date
+    is normalised with the card's mean/std, as Open-CD's preprocessor repeats them for the second date.
 
     CUDA runs in bf16 autocast (fp16 where bf16 is unsupported) with channels-last tensors; CPU in float32 with
     :func:`~mtp_core.device.cpu_threads` threads, set for each run only (inside QGIS the rest of the process keeps
@@ -139,6 +141,7 @@ class Predictor:
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         self.threads = threads or cpu_threads()
+        self.num_inputs = int(getattr(model, "num_inputs", 1))
         self.tta = tta
         self.load_report = load_report
         self.model = model
@@ -190,8 +193,9 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------------ model
     def normalize(self, scaled: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """0–255 band values → model input (:func:`mtp_core.io.scaling.normalize` with the card's mean/std)."""
-        return normalize(scaled, self.card.mean, self.card.std, valid)
+        """0–255 band values → model input (:func:`mtp_core.io.scaling.normalize` with the card's mean/std, once per
+        date for a change detector)."""
+        return normalize(scaled, self.card.mean * self.num_inputs, self.card.std * self.num_inputs, valid)
 
     def _probabilities(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):

@@ -1,5 +1,5 @@
-"""Where tiles come from: raster windows read with GDAL, or an in-memory image, and a reader thread that works ahead
-of the model (reads overlap the model's work)."""
+"""Where tiles come from: raster windows read with GDAL, or an in-memory image, two dates of one place on one grid
+(for change detection), and a reader thread that works ahead of the model (reads overlap the model's work)."""
 from __future__ import annotations
 
 import queue
@@ -65,6 +65,27 @@ class RasterSource:
             self._dataset = self.plan.reopen()
         data, valid = read_window(self._dataset, tile.x, tile.y, tile.size, tile.size, self.bands)
         return self.scaler(data), valid
+
+
+@dataclass
+class TwoDateSource:
+    """Both dates of a place, tile by tile: the first date's bands then the second's (what a change detector takes,
+    ``(2C, t, t)``); a pixel is valid where both dates are. The sources must share one grid (the second raster warped
+    onto the first's: :func:`mtp_core.io.pair.warp_onto`)."""
+
+    before: TileSource
+    after: TileSource
+
+    def __post_init__(self) -> None:
+        if (self.before.height, self.before.width) != (self.after.height, self.after.width):
+            raise ValueError(f"the two dates are on different grids ({self.before.width}x{self.before.height} and "
+                             f"{self.after.width}x{self.after.height} px): warp the second onto the first's grid")
+        self.height, self.width = self.before.height, self.before.width
+
+    def read(self, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+        data_b, valid_b = self.before.read(tile)
+        data_a, valid_a = self.after.read(tile)
+        return np.concatenate([data_b, data_a], axis=0), valid_b & valid_a
 
 
 class Prefetched:

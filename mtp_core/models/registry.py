@@ -12,7 +12,8 @@ weights with ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`` (``cust
 then the same key remapping and resizing). ``create_model("mtp_vit_b_rvsa_multitask")`` builds the multi-task
 pretraining framework in the released layout, ``create_model("mtp_vit_b_rvsa_maskrcnn")`` the Mask R-CNN that its
 instance decoder initialises, ``create_model("mtp_vit_b_rvsa_upernet_maskrcnn")`` the segmentor with instances that
-both its decoders initialise (buildings that touch come out one by one).
+both its decoders initialise (buildings that touch come out one by one), ``create_model("mtp_vit_b_rvsa_unet_cd")``
+MTP's change detector.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from timm.models import register_model as timm_register_model
 from torch import nn
 
 from mtp_core.models.card import ModelCard
+from mtp_core.models.change import FeatureFusionNeck, SiamEncoderDecoder, UNetHead
 from mtp_core.models.instance_segmentor import InstanceSegmentor
 from mtp_core.models.maskrcnn import MaskRCNN
 from mtp_core.models.multitask import SAMRS_DATASETS, DatasetSpec, MultiTaskModel
@@ -33,7 +35,7 @@ from mtp_core.models.rvsa import RVSAViT
 from mtp_core.models.segmentor import EncoderDecoder
 from mtp_core.models.upernet import FCNHead, UPerHead
 
-ModelKind = Literal["backbone", "segmentor", "multitask", "instance"]
+ModelKind = Literal["backbone", "segmentor", "multitask", "instance", "change"]
 _TIMM_ONLY_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 _MEAN = tuple(v / 255.0 for v in (123.675, 116.28, 103.53))  # MTP's (MMSeg's) normalization, on timm's 0-1 scale
 _STD = tuple(v / 255.0 for v in (58.395, 57.12, 57.375))
@@ -214,18 +216,25 @@ def mtp_vit_tiny_rvsa_upernet(
 
 
 def default_card(name: str, **arch_args: Any) -> ModelCard:
-    """The model card of a named segmentor (or Mask R-CNN) with MTP's SpaceNetv1 data conventions (released files
-    carry none). A Mask R-CNN's card lists background first, then its ``num_classes`` object classes."""
+    """The model card of a named segmentor with MTP's SpaceNetv1 data conventions, of a named change detector with
+    its LEVIR-CD conventions (256 px tiles at 0.5 m, classes unchanged/changed), or of a Mask R-CNN (background
+    first, then its ``num_classes`` object classes); released files carry none."""
     entry = model_entry(name)
     if entry.kind == "instance":
         objects = arch_args.get("num_classes", 1)
         classes = ("building",) if objects == 1 else tuple(f"class_{i}" for i in range(objects))
         return ModelCard(architecture=name, arch_args=dict(arch_args), classes=("background", *classes),
                          description=entry.description)
-    if entry.kind != "segmentor":
-        segmentors = ", ".join(list_models("segmentor"))
-        raise ValueError(f"{name!r} is a {entry.kind}; a model card describes a segmentor ({segmentors})")
+    if entry.kind not in ("segmentor", "change"):
+        models = ", ".join(list_models("segmentor") + list_models("change"))
+        raise ValueError(f"{name!r} is a {entry.kind}; a model card describes a segmentor or change detector "
+                         f"({models})")
     num_classes = arch_args.get("num_classes", 2)
+    if entry.kind == "change":
+        classes = ("unchanged", "changed") if num_classes == 2 else tuple(f"class_{i}" for i in range(num_classes))
+        size = int(arch_args.get("img_size", _CD["img_size"]))
+        return ModelCard(architecture=name, arch_args=dict(arch_args), classes=classes, tile=size, overlap=size // 4,
+                         description=entry.description)
     classes = ("background", "building") if num_classes == 2 else tuple(f"class_{i}" for i in range(num_classes))
     return ModelCard(architecture=name, arch_args=dict(arch_args), classes=classes, description=entry.description)
 
@@ -247,6 +256,67 @@ def mtp_rvsa_upernet(
     head = UPerHead(**{"in_channels": net.out_channels, "channels": 512, "num_classes": 2, **(decode_head or {})})
     aux = FCNHead(**auxiliary_head) if auxiliary_head else None
     return EncoderDecoder(net, head, aux)
+
+
+_CD = dict(img_size=256, drop_path_rate=0.3, with_norm=True, apply_fpn=False)  # Open-CD's copy of RVSA_MTP
+_UNET = dict(decoder_channels=(512, 256, 128, 64), channels=64)
+
+
+def _unet_cd(pretrained: bool, backbone_defaults: dict[str, Any], num_classes: int, decoder_channels: Sequence[int],
+             channels: int, kwargs: dict[str, Any]) -> SiamEncoderDecoder:
+    """MTP's change detector: the CD backbone on both dates, ``|f_A - f_B|``, MTP's UNet head."""
+    backbone = _segmentor_backbone(pretrained, backbone_defaults, kwargs)
+    head = UNetHead(backbone.out_channels, tuple(decoder_channels), channels, num_classes)
+    return SiamEncoderDecoder(backbone, FeatureFusionNeck("abs_diff"), head)
+
+
+@_register("change", "ViT-B + RVSA + UNet change detector (256 px, |A-B| fusion), MTP's LEVIR/WHU/CDD model")
+def mtp_vit_b_rvsa_unet_cd(
+    pretrained: bool = False,
+    num_classes: int = 2,
+    decoder_channels: Sequence[int] = _UNET["decoder_channels"],
+    channels: int = _UNET["channels"],
+    **kwargs: Any,
+) -> SiamEncoderDecoder:
+    return _unet_cd(pretrained, {**_VIT_B, **_CD}, num_classes, decoder_channels, channels, kwargs)
+
+
+@_register("change", "ViT-L + RVSA + UNet change detector (256 px, |A-B| fusion), MTP's LEVIR/WHU/CDD model")
+def mtp_vit_l_rvsa_unet_cd(
+    pretrained: bool = False,
+    num_classes: int = 2,
+    decoder_channels: Sequence[int] = _UNET["decoder_channels"],
+    channels: int = _UNET["channels"],
+    **kwargs: Any,
+) -> SiamEncoderDecoder:
+    return _unet_cd(pretrained, {**_VIT_L, **_CD}, num_classes, decoder_channels, channels, kwargs)
+
+
+@_register("change", "tiny RVSA ViT + UNet (64-16 ch) change detector for tests and CPU demos")
+def mtp_vit_tiny_rvsa_unet_cd(
+    pretrained: bool = False,
+    num_classes: int = 2,
+    decoder_channels: Sequence[int] = (64, 32, 16, 16),
+    channels: int = 16,
+    **kwargs: Any,
+) -> SiamEncoderDecoder:
+    return _unet_cd(pretrained, {**_VIT_TINY, **_CD}, num_classes, decoder_channels, channels, kwargs)
+
+
+@_register("change", "RVSA ViT + UNet change detector with every argument given: what configs build")
+def mtp_rvsa_unet_cd(
+    pretrained: bool = False,
+    backbone: dict[str, Any] | None = None,
+    neck: dict[str, Any] | None = None,
+    decode_head: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> SiamEncoderDecoder:
+    """Fully specified change detector: ``RVSAViT(**backbone)`` (the CD copy unless overridden),
+    ``FeatureFusionNeck(**neck)`` (``abs_diff`` by default) and ``UNetHead(**decode_head)``; training configs build
+    this and its model card records the dicts. Defaults are the ViT-B LEVIR-CD model."""
+    net = _segmentor_backbone(pretrained, {**_VIT_B, **_CD, **(backbone or {})}, kwargs)
+    head = UNetHead(**{"encoder_channels": net.out_channels, **_UNET, "num_classes": 2, **(decode_head or {})})
+    return SiamEncoderDecoder(net, FeatureFusionNeck(**{"policy": "abs_diff", **(neck or {})}), head)
 
 
 TaskSpecDatasets = Sequence[Union[DatasetSpec, tuple[str, int]]]

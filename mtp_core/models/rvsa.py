@@ -318,7 +318,9 @@ class RVSAViT(nn.Module):
 
     ``forward`` returns four NCHW maps at strides 4, 8, 16, 32 taken from the blocks in ``out_indices``.
     ``with_norm=True`` builds the multi-task pretraining encoder (``ViT_Win_RVSA_V3_WSZ7``), whose ``norm`` exists
-    (and is saved) but is unused in forward.
+    (and is saved) but is unused in forward. ``apply_fpn=False`` is the change-detection and classification copy
+    (``mtp_spec.md`` §2.7): the fpn1–4 modules exist (their keys are in the checkpoints) but are not applied, so all
+    four maps are at stride 16.
     """
 
     def __init__(
@@ -340,6 +342,7 @@ class RVSAViT(nn.Module):
         use_checkpoint: bool = False,
         with_norm: bool = False,
         attn_impl: AttnImpl = "sdpa",
+        apply_fpn: bool = True,
     ) -> None:
         super().__init__()
         if patch_size != 16:
@@ -358,6 +361,7 @@ class RVSAViT(nn.Module):
         self.grid_size = (img_size // patch_size, img_size // patch_size)
         self.num_features = embed_dim
         self.out_channels = [embed_dim] * 4
+        self.apply_fpn = apply_fpn
 
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size[0] * self.grid_size[1], embed_dim))
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
@@ -381,7 +385,8 @@ class RVSAViT(nn.Module):
         self.fpn3 = nn.Identity()
         self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.feature_info = [
-            dict(num_chs=embed_dim, reduction=r, module=f"fpn{i + 1}") for i, r in enumerate((4, 8, 16, 32))
+            dict(num_chs=embed_dim, reduction=r if apply_fpn else 16, module=f"fpn{i + 1}")
+            for i, r in enumerate((4, 8, 16, 32))
         ]
 
         trunc_normal_(self.pos_embed, std=0.02)
@@ -444,6 +449,8 @@ class RVSAViT(nn.Module):
         features, (hp, wp) = self.forward_tokens(x)
         b = x.shape[0]
         maps = [f.permute(0, 2, 1).reshape(b, -1, hp, wp) for f in features]
+        if not self.apply_fpn:
+            return tuple(maps)  # type: ignore[return-value]
         return tuple(op(m) for op, m in zip((self.fpn1, self.fpn2, self.fpn3, self.fpn4), maps))  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------------------------ timm integration
@@ -457,7 +464,8 @@ class RVSAViT(nn.Module):
         intermediates_only: bool = False,
     ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
         """timm's feature API (``features_only=True`` models call it): the maps at strides 4, 8, 16, 32; ``indices``
-        picks among those four (an int: the last n). There is no final norm or head to apply."""
+        picks among those four (an int: the last n; all at stride 16 with ``apply_fpn=False``). There is no final norm
+        or head to apply."""
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt {output_fmt!r} is not supported: the RVSA maps are NCHW")
         take = _feature_indices(indices)

@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import shapely
@@ -106,20 +106,31 @@ def vectorize_raster_to_file(class_raster_path: str, output_path: str | Path, *,
                              prob_raster_path: str | None = None, min_area_m2: float = 4.0, simplify_m: float = 0.25,
                              regularize: bool = False, source: str = "", model: str = "",
                              progress: ProgressCallback = None, cancel: CancelCallback = None,
-                             class_of: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, int]:
+                             class_of: Callable[[np.ndarray], np.ndarray] | None = None,
+                             extra_fields: Mapping[str, int] | None = None,
+                             annotate: Callable[[VectorResult], Mapping[str, list]] | None = None) -> dict[str, int]:
     """:func:`vectorize_raster` streamed into a vector file (.gpkg, .geojson, .shp) in the raster's CRS: polygons are
     written as soon as they are final, the file appears only when complete. Returns the counts (see
     :class:`VectorResult`). ``class_of``: each polygon's ``class`` from its raster value (default: the value), e.g.
-    for instance values (:mod:`mtp_core.vectorize.instances`), where every building has its own value."""
+    for instance values (:mod:`mtp_core.vectorize.instances`), where every building has its own value.
+    ``extra_fields`` (name -> OGR type) are filled for each chunk of final polygons by ``annotate(chunk)``, one value
+    per polygon (e.g. the kind of a change, from other rasters)."""
     rows, gt, crs_wkt = _open_class_raster(class_raster_path, prob_raster_path)
     opts = _options(classes, rows.nodata, block_rows, min_area_m2, simplify_m, regularize, source, model, progress,
                     cancel, class_of=class_of)
     run = _Run(rows, gt, crs_wkt, opts)
-    with VectorWriter(output_path, FIELDS, crs_wkt, ogr.wkbPolygon, layer_name,
-                      text_widths={"source": max(len(source.encode()), 1), "model": max(len(model.encode()), 1)}) \
+    extra = dict(extra_fields or {})
+    if extra and annotate is None:
+        raise ValueError("extra_fields need an annotate callback that fills them")
+    widths = {"source": max(len(source.encode()), 1), "model": max(len(model.encode()), 1)}
+    widths.update({name: 32 for name, kind in extra.items() if kind == ogr.OFTString})
+    with VectorWriter(output_path, {**FIELDS, **extra}, crs_wkt, ogr.wkbPolygon, layer_name, text_widths=widths) \
             as writer:
         for chunk in run.chunks():
-            writer.write(chunk.geometries, chunk.attributes)
+            attributes = dict(chunk.attributes)
+            if annotate is not None:
+                attributes.update(annotate(chunk))
+            writer.write(chunk.geometries, attributes)
     return dict(run.counts)
 
 

@@ -30,17 +30,18 @@ def _write_scene(scene: Scene, tif_path: str | os.PathLike, geojson_path: str | 
     srs.ImportFromEPSG(epsg)
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     with atomic_path(tif_path) as tmp:
-        _write_geotiff(tmp, scene.image, (origin[0], scene.gsd_m, 0.0, origin[1], 0.0, -scene.gsd_m), srs)
+        write_geotiff(tmp, scene.image, (origin[0], scene.gsd_m, 0.0, origin[1], 0.0, -scene.gsd_m), srs)
     if geojson_path is None:
         return Path(tif_path), None
     to_map = np.array([[scene.gsd_m, 0.0, origin[0]], [0.0, -scene.gsd_m, origin[1]], [0.0, 0.0, 1.0]])
     with atomic_path(geojson_path) as tmp:
         tmp.unlink()  # the GeoJSON driver refuses to write over a file, even an empty one
-        _write_geojson(tmp, [apply_affine(to_map, p) for p in scene.buildings], srs)
+        write_geojson(tmp, [apply_affine(to_map, p) for p in scene.buildings], srs)
     return Path(tif_path), Path(geojson_path)
 
 
-def _write_geotiff(path: Path, image: np.ndarray, geotransform: tuple, srs: osr.SpatialReference) -> None:
+def write_geotiff(path: Path, image: np.ndarray, geotransform: tuple, srs: osr.SpatialReference) -> None:
+    """An RGB uint8 image as a tiled, compressed GeoTIFF (call inside ``gdal_exceptions``)."""
     height, width, bands = image.shape
     ds = gdal.GetDriverByName("GTiff").Create(
         str(path), width, height, bands, gdal.GDT_Byte,
@@ -53,16 +54,23 @@ def _write_geotiff(path: Path, image: np.ndarray, geotransform: tuple, srs: osr.
     ds = None  # closing is what completes the file
 
 
-def _write_geojson(path: Path, polygons: list[Polygon], srs: osr.SpatialReference) -> None:
-    """Polygons with ``id`` (1-based) and ``class``; RFC7946=NO keeps the projected CRS and names it in ``crs``."""
+def write_geojson(path: Path, polygons: list[Polygon], srs: osr.SpatialReference,
+                  kinds: list[str] | None = None) -> None:
+    """Polygons with ``id`` (1-based), ``class`` and, when given, ``kind`` (e.g. new / demolished); RFC7946=NO keeps
+    the projected CRS and names it in ``crs``."""
     ds = ogr.GetDriverByName("GeoJSON").CreateDataSource(str(path))
-    layer = ds.CreateLayer("buildings", srs, ogr.wkbPolygon, ["RFC7946=NO", "COORDINATE_PRECISION=6"])
+    layer = ds.CreateLayer("changes" if kinds is not None else "buildings", srs, ogr.wkbPolygon,
+                           ["RFC7946=NO", "COORDINATE_PRECISION=6"])
     layer.CreateField(ogr.FieldDefn("id", ogr.OFTInteger))
     layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+    if kinds is not None:
+        layer.CreateField(ogr.FieldDefn("kind", ogr.OFTString))
     for i, polygon in enumerate(polygons):
         feature = ogr.Feature(layer.GetLayerDefn())
         feature.SetField("id", i + 1)
         feature.SetField("class", "building")
+        if kinds is not None:
+            feature.SetField("kind", kinds[i])
         feature.SetGeometry(ogr.CreateGeometryFromWkb(shapely.to_wkb(polygon)))
         layer.CreateFeature(feature)
     ds = None  # closing is what completes the file

@@ -54,6 +54,7 @@ _GLASS = np.array([34, 40, 48], np.float32)
 _VENT = np.array([204, 204, 200], np.float32)
 _SOLAR = np.array([30, 36, 58], np.float32)
 _SHADOW_TINT = np.array([0.40, 0.45, 0.56], np.float32)  # shadows are lit by blue sky light only
+_WEEDS = np.array([104, 116, 64], np.float32)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class _Plan:
     lots: list = field(default_factory=list)  # (polygon, rgb multiplier)
     hedges: list = field(default_factory=list)
     paved: list = field(default_factory=list)  # (polygon, rgb)
+    soil: list = field(default_factory=list)  # (polygon, rgb): cleared plots (two-date pairs), mottled and weedy
     sidewalks: list = field(default_factory=list)
     roads: list = field(default_factory=list)
     markings: list = field(default_factory=list)
@@ -660,6 +662,17 @@ def _streets(img: np.ndarray, plan: _Plan, style: _Style, tex: _Textures, height
         img[idx] = img[idx] * (1 - alpha) + style.marking * alpha
 
 
+def _soil(img: np.ndarray, plan: _Plan, tex: _Textures, height: int, width: int) -> None:
+    """Cleared plots: bare earth, strongly mottled (tyre tracks, clods), with tufts of weeds; nothing like a roof's
+    even surface."""
+    if not plan.soil:
+        return
+    idx, item = pixels_of([g for g, _ in plan.soil], height, width)
+    earth = np.array([v for _, v in plan.soil], np.float32)[item] * tex.at(idx, 0.35, 0.3, 0.12)
+    weeds = np.clip(2.5 * (tex.mid.flat[idx] + 0.5 * tex.fine.flat[idx]) - 0.4, 0.0, 1.0)[:, None]
+    img[idx] = earth * (1 - weeds) + _WEEDS * weeds * tex.at(idx, 0.1, 0.2, 0.1)
+
+
 def _pools(img: np.ndarray, plan: _Plan, tex: _Textures, height: int, width: int, gsd_m: float) -> None:
     if not plan.pools:
         return
@@ -824,7 +837,7 @@ def _rooftop(img: np.ndarray, mask: np.ndarray, plan: _Plan, tex: _Textures, hei
     _paint_items(img, [(v, None) for v in vents], height, width, tex, (0.02, 0.03, 0.03), _VENT)
 
 
-def _finish(rng: np.random.Generator, img: np.ndarray, height: int, width: int) -> np.ndarray:
+def finish(rng: np.random.Generator, img: np.ndarray, height: int, width: int) -> np.ndarray:
     """Camera: white balance and exposure, a touch of haze, optical blur, sensor noise, 8-bit quantization."""
     img = img.reshape(height, width, 3)
     img *= rng.uniform(0.92, 1.08) * rng.normal(1.0, 0.025, 3).astype(np.float32)
@@ -865,6 +878,16 @@ def render_scene(height: int, width: int, seed: int, gsd_m: float = 0.5,
     ``fill_block`` fills each street block instead of :func:`_block`, with its arguments (e.g. rows of houses that
     share walls, :mod:`mtp_tools.synthetic.touching`).
     """
+    rng, style, plan, tex = plan_scene(height, width, seed, gsd_m, fill_block)
+    img, mask, buildings = paint(plan, style, tex, height, width, gsd_m)
+    return Scene(finish(rng, img, height, width), mask, buildings, gsd_m, seed, float(np.degrees(style.sun_azimuth)))
+
+
+def plan_scene(height: int, width: int, seed: int, gsd_m: float = 0.5,
+               fill_block: BlockFiller | None = None) -> tuple[np.random.Generator, _Style, _Plan, _Textures]:
+    """Everything random about a scene but the camera: style, layout (in pixels; blocks filled by ``fill_block``
+    when given) and textures; the generator is returned at the point where :func:`finish` draws the camera's
+    noise."""
     if height <= 0 or width <= 0 or gsd_m <= 0:
         raise ValueError(f"need a positive size and gsd, got {height}x{width} at {gsd_m} m")
     rng = np.random.default_rng(seed)
@@ -873,14 +896,21 @@ def render_scene(height: int, width: int, seed: int, gsd_m: float = 0.5,
     _keep_trees_off(plan)
     to_px = np.diag([1 / gsd_m, 1 / gsd_m, 1.0]) @ _shift(width * gsd_m / 2, height * gsd_m / 2) @ _rotation(
         style.grid_angle)
-    plan = _to_pixels(plan, to_px)
-    tex = _textures(rng, height, width, gsd_m)
+    return rng, style, _to_pixels(plan, to_px), _textures(rng, height, width, gsd_m)
+
+
+def paint(plan: _Plan, style: _Style, tex: _Textures, height: int, width: int,
+          gsd_m: float) -> tuple[np.ndarray, np.ndarray, list[Polygon]]:
+    """The lit scene before the camera (float32, (H*W, 3)), its building mask (H, W) uint8 and footprints (pixels).
+
+    Deterministic: the same plan, style and textures paint the same image (two dates of one place share them)."""
     # Shadows fall away from the sun: one metre of height casts 1 / tan(elevation) metres of shadow.
     toward_sun = np.array([np.sin(style.sun_azimuth), -np.cos(style.sun_azimuth)])
     shadow_px_per_m = -toward_sun / np.tan(style.sun_elevation) / gsd_m
 
     img = _ground(plan, style, tex, height, width)
     _streets(img, plan, style, tex, height, width)
+    _soil(img, plan, tex, height, width)
     _pools(img, plan, tex, height, width, gsd_m)
     _cars(img, plan, tex, height, width)
     shadow = _cast_shadows(plan, shadow_px_per_m, height, width)
@@ -893,9 +923,7 @@ def render_scene(height: int, width: int, seed: int, gsd_m: float = 0.5,
     img *= 1.0 - (soft * ~mask)[:, None] * (1.0 - _SHADOW_TINT)
     _roofs(img, labels, owner, plan, style, tex, width, gsd_m)
     _rooftop(img, mask, plan, tex, height, width, shadow_px_per_m)
-    image = _finish(rng, img, height, width)
-    return Scene(image, mask.reshape(height, width).astype(np.uint8), buildings, gsd_m, seed,
-                 float(np.degrees(style.sun_azimuth)))
+    return img, mask.reshape(height, width).astype(np.uint8), buildings
 
 
 def _cast_shadows(plan: _Plan, shadow_px_per_m: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -1,13 +1,14 @@
-"""The four MTP Processing algorithms. Every result comes from ``mtp_core``, so each equals its ``mtp`` command.
+"""The MTP Processing algorithms. Every result comes from ``mtp_core``, so each equals its ``mtp`` command.
 
 Why it is built this way:
 
-* Ids (``mtp:segment``, ``mtp:extractbuildings``, ``mtp:vectorize``, ``mtp:evaluate``) and parameter names are API:
-  models, batch files and ``qgis_process`` command lines store them. Never rename them.
+* Ids (``mtp:segment``, ``mtp:extractbuildings``, ``mtp:vectorize``, ``mtp:evaluate``, ``mtp:changedetection``) and
+  parameter names are API: models, batch files and ``qgis_process`` command lines store them. Never rename them.
 * torch and the engine are imported only inside ``processAlgorithm``. The provider then loads when torch is
   missing, and each run says what is missing and where to install it.
 * The model is loaded once for many runs (:data:`PREDICTORS`): the batch dialog and the modeler run an algorithm
-  once per raster, each time in a new instance, with the same checkpoint and device.
+  once per raster, each time in a new instance, with the same checkpoint and device (the change detection's building
+  model is kept beside it: :data:`BUILDING_PREDICTORS`).
 * ``extractbuildings`` and ``vectorize`` run the engine's own functions in a temporary folder and copy its polygons
   into a feature sink: any format QGIS writes, or a temporary layer in the modeler. Its polygons are therefore those
   of ``mtp predict``, and a failed or cancelled run leaves nothing.
@@ -34,6 +35,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
@@ -53,6 +55,7 @@ from qgis.PyQt.QtCore import QVariant
 
 from ..dependencies import check_dependencies
 from ..model_cache import ModelSpec, PredictorCache
+from ..results import style_changes
 from .errors import engine_errors
 
 if TYPE_CHECKING:  # the engine imports torch: only inside processAlgorithm at run time
@@ -63,10 +66,12 @@ DEVICES = ["auto", "cpu", "cuda"]
 RULES = ["spacenet", "spacenet1"]
 RASTER_SUFFIXES = (".tif", ".tiff")
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".shp")  # what the engine reads (mtp:evaluate)
-TAGS = ["mtp", "buildings", "segmentation", "deep learning", "remote sensing", "vectorize"]
+TAGS = ["mtp", "buildings", "segmentation", "deep learning", "remote sensing", "vectorize", "change detection"]
 
 #: The provider's model, kept between runs (see the module docstring).
 PREDICTORS = PredictorCache()
+#: The building model of change detection (its kind of changes), kept between runs too.
+BUILDING_PREDICTORS = PredictorCache()
 
 
 def require_engine() -> None:
@@ -137,10 +142,12 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
             return self.run_engine(parameters, context, feedback)
 
     # ------------------------------------------------------------------------------------------ parameters
-    def add_model_parameters(self) -> None:
-        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Input raster"))
+    def add_model_parameters(self, rasters: tuple[tuple[str, str], ...] = (("INPUT", "Input raster"),),
+                             demo: str = "the embedded demo model") -> None:
+        for name, label in rasters:
+            self.addParameter(QgsProcessingParameterRasterLayer(name, label))
         self.addParameter(QgsProcessingParameterFile(
-            "CHECKPOINT", "Model checkpoint (empty: the embedded demo model)", optional=True,
+            "CHECKPOINT", f"Model checkpoint (empty: {demo})", optional=True,
             fileFilter="PyTorch checkpoints (*.pth *.pt *.ckpt);;All files (*.*)"))
         self.addParameter(QgsProcessingParameterEnum(
             "DEVICE", "Device (auto: the first CUDA GPU, else the CPU)", DEVICES, defaultValue="auto",
@@ -252,17 +259,19 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
                     regularize=self.parameterAsBoolean(parameters, "REGULARIZE", context))
 
     def load_predictor(self, parameters: dict[str, Any], context: QgsProcessingContext,
-                       feedback: QgsProcessingFeedback) -> Predictor:
-        """The model on the chosen device, which is reported first (users must always see what runs the model);
-        loaded once for consecutive runs with the same checkpoint, device and batch size."""
+                       feedback: QgsProcessingFeedback, name: str = "CHECKPOINT", demo: str = "",
+                       cache: PredictorCache = PREDICTORS) -> Predictor:
+        """The model of the file parameter ``name`` (empty: ``demo``, default the demo segmentation model) on the
+        chosen device, which is reported first (users must always see what runs the model); loaded once for
+        consecutive runs with the same checkpoint, device and batch size."""
         from mtp_core.weights import DEMO_CHECKPOINT
 
-        checkpoint = self.parameterAsFile(parameters, "CHECKPOINT", context) or str(DEMO_CHECKPOINT)
-        self.names[checkpoint] = f"CHECKPOINT ({checkpoint})"
+        checkpoint = self.parameterAsFile(parameters, name, context) or demo or str(DEMO_CHECKPOINT)
+        self.names[checkpoint] = f"{name} ({checkpoint})"
         spec = ModelSpec(checkpoint, device=self.parameterAsEnumString(parameters, "DEVICE", context),
                          batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context))
-        loaded = PREDICTORS.holds(spec)
-        predictor = PREDICTORS.get(spec)
+        loaded = cache.holds(spec)
+        predictor = cache.get(spec)
         card = predictor.card
         feedback.pushInfo(f"device: {predictor.describe()}")
         feedback.pushInfo(f"model: {card.description or card.architecture} ({card.tile} px tiles, overlap "
@@ -465,5 +474,81 @@ class EvaluateAlgorithm(MTPAlgorithm):
                 "RECALL": total.recall, "F1": total.f1}
 
 
+class ChangeStyler(QgsProcessingLayerPostProcessorInterface):
+    """Styles the changes layer a run loads by ``kind`` (new, demolished, modified, other), as the dock does.
+
+    QGIS holds a post-processor only by a plain pointer: :attr:`alive` keeps every one made (a few bytes each) so a
+    batch's layers, loaded at its end, still find theirs."""
+
+    alive: list["ChangeStyler"] = []
+
+    def postProcessLayer(self, layer, context: QgsProcessingContext,  # noqa: N802
+                         feedback: QgsProcessingFeedback) -> None:
+        if isinstance(layer, QgsVectorLayer):
+            style_changes(layer)
+
+    @classmethod
+    def create(cls) -> "ChangeStyler":
+        cls.alive.append(cls())
+        return cls.alive[-1]
+
+
+class ChangeDetectionAlgorithm(MTPAlgorithm):
+    ALG_ID = "changedetection"
+    TITLE = "Detect changes between two rasters"
+    HELP = ("The job of `mtp change`: an MTP change-detection model (Siamese RVSA ViT + UNet) compares two "
+            "georeferenced rasters of one place. The second is warped onto the first's grid at the model's ground "
+            "resolution (they must overlap, and their pixel sizes must be within 4x of each other); both are read "
+            "tile by tile. Writes the change polygons (id, class, score, area_m2, perimeter_m, source, model) in the "
+            "first raster's CRS and optionally the change raster. With 'Kind of each change' a building model runs "
+            "on both dates and each change gets its kind: new, demolished, modified or other (the layer is styled "
+            "by it). Without checkpoints the embedded demo models run.")
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: N802
+        self.add_model_parameters((("BEFORE", "First date (before)"), ("AFTER", "Second date (after)")),
+                                  "the embedded demo change detector")
+        self.addParameter(QgsProcessingParameterBoolean(
+            "KINDS", "Kind of each change (new / demolished / modified: runs a building model on both dates)", False))
+        self.addParameter(QgsProcessingParameterFile(
+            "BUILDINGS_CHECKPOINT", "Building model checkpoint (empty: the embedded demo model)", optional=True,
+            fileFilter="PyTorch checkpoints (*.pth *.pt *.ckpt);;All files (*.*)"))
+        self.add_vector_options()
+        self.addParameter(QgsProcessingParameterFeatureSink("OUTPUT", "Changes", QgsProcessing.TypeVectorPolygon))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "MASK", "Change raster", optional=True, createByDefault=False))
+        self.addOutput(QgsProcessingOutputNumber("CHANGES", "Changes found"))
+
+    def run_engine(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                   feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        from mtp_core.change import describe_kinds, detect_changes, pair_name
+        from mtp_core.weights import DEMO_CD_CHECKPOINT
+
+        before = self.raster_source(parameters, "BEFORE", context)
+        after = self.raster_source(parameters, "AFTER", context)
+        self.check_sink(parameters, "OUTPUT", context)
+        mask = self.output_path(parameters, "MASK", context, RASTER_SUFFIXES)
+        predictor = self.load_predictor(parameters, context, feedback, demo=str(DEMO_CD_CHECKPOINT))
+        buildings = None
+        if self.parameterAsBoolean(parameters, "KINDS", context):
+            buildings = self.load_predictor(parameters, context, feedback, "BUILDINGS_CHECKPOINT",
+                                            cache=BUILDING_PREDICTORS)
+        with self.work_folder(self.names[before]) as work:
+            result = detect_changes(
+                predictor, before, after, work, name=pair_name(before, after), buildings=buildings,
+                bands=self.bands(parameters, context),
+                pixel_crs=self.parameterAsBoolean(parameters, "PIXEL_CRS", context),
+                nodata=self.nodata(parameters, context), progress=tile_progress(feedback),
+                cancel=feedback.isCanceled, **self.vector_options(parameters, context))
+            output, count = self.copy_to_sink(result.vector_path, parameters, "OUTPUT", context, feedback)
+            if mask is not None:
+                shutil.move(result.mask_path, mask)
+        if result.kinds is not None and context.willLoadLayerOnCompletion(output):
+            context.layerToLoadOnCompletionDetails(output).setPostProcessor(ChangeStyler.create())
+        kinds = describe_kinds(result.kinds)
+        feedback.pushInfo(f"{run_summary(result.stats, result.km2)}; {result.overlap:.0%} of the first date covered; "
+                          f"{count} changes{f' ({kinds})' if kinds else ''}")
+        return {"OUTPUT": output, "MASK": str(mask) if mask else None, "CHANGES": count}
+
+
 ALGORITHMS: tuple[type[MTPAlgorithm], ...] = (
-    SegmentAlgorithm, ExtractBuildingsAlgorithm, VectorizeAlgorithm, EvaluateAlgorithm)
+    SegmentAlgorithm, ExtractBuildingsAlgorithm, VectorizeAlgorithm, EvaluateAlgorithm, ChangeDetectionAlgorithm)

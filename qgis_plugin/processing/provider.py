@@ -6,7 +6,7 @@ import os
 from qgis.core import QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from .algorithms import ALGORITHMS, PREDICTORS
+from .algorithms import ALGORITHMS, BUILDING_PREDICTORS, PREDICTORS
 
 ICON_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "icon.svg")
 
@@ -34,7 +34,8 @@ class MTPProvider(QgsProcessingProvider):
             self.addAlgorithm(algorithm())
 
     def unload(self) -> None:
-        PREDICTORS.clear()  # frees the model (and its GPU memory) kept between runs
+        PREDICTORS.clear()  # frees the models (and their GPU memory) kept between runs
+        BUILDING_PREDICTORS.clear()
 
     def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802
         return ["tif"]  # the engine writes GeoTIFF; vector outputs are feature sinks: any format QGIS writes

@@ -90,7 +90,8 @@ def test_class_factory_loads_from_the_unzipped_folder_with_its_vendored_engine(p
                          text=True, env=env, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.splitlines()[-1])
-    assert report["algorithms"] == ["mtp:evaluate", "mtp:extractbuildings", "mtp:segment", "mtp:vectorize"]
+    assert report["algorithms"] == ["mtp:changedetection", "mtp:evaluate", "mtp:extractbuildings", "mtp:segment",
+                                    "mtp:vectorize"]
     assert not report["torch_before_run"]
     assert report["mtp_core"] == str(plugins / TOP / "vendor" / "mtp_core" / "__init__.py")
     assert not report["provider_left"]

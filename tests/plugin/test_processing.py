@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: root writes where permissions forbid it: the read-only folder is a read-only mount then
 READ_ONLY_REASON = "Read-only file system" if os.geteuid() == 0 else "Permission denied"
 QGIS_PROCESS = "/usr/bin/qgis_process.bin"  # Debian's /usr/bin/qgis_process wrapper fails headless
-ALGORITHM_IDS = ["mtp:evaluate", "mtp:extractbuildings", "mtp:segment", "mtp:vectorize"]
+ALGORITHM_IDS = ["mtp:changedetection", "mtp:evaluate", "mtp:extractbuildings", "mtp:segment", "mtp:vectorize"]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from tests.training.test_train_loop import REPO
 from training.config import load_config
 from training.data.spacenet_instances import build_dataset, build_pipeline
 from training.instances import build_instance_segmentor
-from training.test import main as test_main
+from training.test import main as mtp_test
 from training.train import main as train_main
 
 CONFIG = REPO / "training" / "configs" / "tiny" / "rvsa-tiny-upernet-maskrcnn-64.py"
@@ -144,7 +144,7 @@ def test_from_pretraining_to_a_click_in_the_row(scenes, tmp_path, capsys):
     val = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines() if '"val"' in line]
     assert val[-1]["iter"] == 6 and {"mIoU", "semantic_f1", "instance_f1", "segm_mAP", "segm_mAP_50"} <= set(val[-1])
 
-    assert test_main([str(CONFIG), str(work / "iter_6.pth"), "--work-dir", str(work), "--show-dir", str(work / "show"),
+    assert mtp_test([str(CONFIG), str(work / "iter_6.pth"), "--work-dir", str(work), "--show-dir", str(work / "show"),
                       "--cfg-options", f"test_dataloader.dataset.data_root={scenes / 'val'}"]) == 0
     line = capsys.readouterr().out
     assert "polygon F1: semantic-only" in line and "instances" in line and "mask AP" in line

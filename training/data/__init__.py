@@ -1,4 +1,5 @@
-"""Data for training MTP segmentation models without MMCV: GDAL datasets, MMSeg-equal transforms, seeded sampling.
+"""Data for training MTP segmentation models and change detectors without MMCV: GDAL datasets (SpaceNet; LEVIR-CD,
+WHU-CD, CDD, OSCD), MMSeg/Open-CD-equal transforms, seeded sampling.
 
 Typical use by the training loop::
 
@@ -13,6 +14,8 @@ Multi-task pretraining reads SAMRS sets (:class:`SAMRSDataset`, MTP's transforms
 batches them per dataset with :class:`MultiTaskDataPreprocessor` and zips the datasets' loaders
 (:class:`ZippedBatchSampler`).
 """
+from .cd_datasets import CD_DATASETS, BaseCDDataset, CDDataset
+from .cd_transforms import CD_TRANSFORMS
 from .datasets import DATASETS, SegDataset, SpaceNetV1Dataset, SpaceNetV1RawDataset, build_dataset, collate
 from .multitask_preprocess import MultiTaskDataPreprocessor
 from .preprocess import SegDataPreProcessor
@@ -37,8 +40,12 @@ from .transforms import (
 )
 from .zipped import ZippedBatchSampler
 
+DATASETS.update(CD_DATASETS)  # one registry each, as MMSeg's configs name types
+TRANSFORMS.update(CD_TRANSFORMS)
+
 __all__ = [
-    "DATASETS", "TRANSFORMS", "Compose", "InfiniteSampler", "LoadAnnotations", "LoadImageFromFile", "PackSegInputs",
+    "BaseCDDataset", "CDDataset", "DATASETS", "TRANSFORMS", "Compose", "InfiniteSampler", "LoadAnnotations",
+    "LoadImageFromFile", "PackSegInputs",
     "PhotoMetricDistortion", "RandomCrop", "RandomFlip", "RandomResize", "Resize", "SegDataPreProcessor",
     "SegDataset", "SpaceNetV1Dataset", "SpaceNetV1RawDataset", "Transform", "build_dataset", "build_pipeline",
     "collate", "rasterize_geojson", "read_label", "read_rgb", "MultiTaskDataPreprocessor", "SAMRSDataset",

@@ -44,15 +44,20 @@ class SegDataset(Dataset):
         (never one per image, so every chip, and later every raster predicted, is scaled alike)."""
         if band_ranges is not None:
             return BandScaler.fixed(band_ranges)
-        if not self.samples:
+        paths = self.image_paths()
+        if not paths:
             return None
-        first = gdal.Open(self.samples[0][0]) if os.path.isfile(self.samples[0][0]) else None
+        first = gdal.Open(paths[0]) if os.path.isfile(paths[0]) else None
         bands = (1, 2, 3) if first is None or first.RasterCount >= 3 else (1,)
         try:
-            scaler = BandScaler.fit_files([img for img, _ in self.samples], bands, self.nodata)
+            scaler = BandScaler.fit_files(paths, bands, self.nodata)
         except GeoError:
             return None  # an unreadable image is reported when it is loaded, with its own message
         return None if scaler.mode == "identity" else scaler
+
+    def image_paths(self) -> list[str]:
+        """Every image file of the dataset (what one band stretch is fitted over)."""
+        return [img for img, _ in self.samples]
 
     @property
     def band_ranges(self) -> Optional[tuple[tuple[float, float], ...]]:
@@ -78,11 +83,14 @@ class SegDataset(Dataset):
             raise TypeError(f"index a dataset with an int or (index, seed_key), got {type(key).__name__}")
         if not 0 <= index < len(self.samples):
             raise IndexError(f"index {index} out of range for a dataset of {len(self.samples)} samples")
+        return self.pipeline(self.results(index), rng)
+
+    def results(self, index: int) -> dict[str, Any]:
+        """The dict the pipeline starts from for sample ``index``."""
         img_path, seg_map_path = self.samples[index]
-        results = {"img_path": img_path, "seg_map_path": seg_map_path, "sample_idx": index,
-                   "reduce_zero_label": self.reduce_zero_label, "num_classes": len(self.classes),
-                   "nodata": self.nodata, "scaler": self.scaler}
-        return self.pipeline(results, rng)
+        return {"img_path": img_path, "seg_map_path": seg_map_path, "sample_idx": index,
+                "reduce_zero_label": self.reduce_zero_label, "num_classes": len(self.classes),
+                "nodata": self.nodata, "scaler": self.scaler}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} samples, pipeline={self.pipeline!r})"

@@ -451,11 +451,11 @@ class RandomCrop(Transform):
         x = int(rng.integers(0, margin_w + 1))
         return y, y + self.crop_size[0], x, x + self.crop_size[1]
 
-    def __call__(self, results: Results, rng: Optional[np.random.Generator]) -> Results:
-        img = results["img"]
-        bbox = self._bbox(img.shape, rng)
+    def choose_bbox(self, shape: tuple[int, ...], label: Optional[np.ndarray],
+                    rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """``(y1, y2, x1, x2)`` of the crop, redrawn for ``cat_max_ratio`` as the class docstring says."""
+        bbox = self._bbox(shape, rng)
         if self.cat_max_ratio < 1.0:
-            label = results.get("gt_seg_map")
             if label is None:
                 raise ValueError("RandomCrop with cat_max_ratio < 1 needs the label: put LoadAnnotations before it")
             for _ in range(10):
@@ -465,8 +465,12 @@ class RandomCrop(Transform):
                 counts = counts[counts > 0]
                 if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
                     break
-                bbox = self._bbox(img.shape, rng)
-        y1, y2, x1, x2 = bbox
+                bbox = self._bbox(shape, rng)
+        return bbox
+
+    def __call__(self, results: Results, rng: Optional[np.random.Generator]) -> Results:
+        img = results["img"]
+        y1, y2, x1, x2 = self.choose_bbox(img.shape, results.get("gt_seg_map"), rng)
         results["img"] = img[y1:y2, x1:x2]
         if results.get("gt_seg_map") is not None:
             results["gt_seg_map"] = results["gt_seg_map"][y1:y2, x1:x2]
@@ -542,10 +546,14 @@ class PhotoMetricDistortion(Transform):
         return img
 
     def __call__(self, results: Results, rng: Optional[np.random.Generator]) -> Results:
-        img = results["img"]
+        results["img"] = self.distort(results["img"], rng)
+        return results
+
+    def distort(self, img: np.ndarray, rng: np.random.Generator, contrast_mode: Optional[int] = None) -> np.ndarray:
+        """One image through the four steps; ``contrast_mode`` 1 = contrast first, 0 = last, None = drawn."""
         if rng.integers(2):
             img = self._convert(img, beta=rng.uniform(-self.brightness_delta, self.brightness_delta))
-        contrast_first = rng.integers(2) == 1
+        contrast_first = (rng.integers(2) if contrast_mode is None else contrast_mode) == 1
         if contrast_first:
             img = self._contrast(img, rng)
         if rng.integers(2):
@@ -558,8 +566,7 @@ class PhotoMetricDistortion(Transform):
             img = hsv_to_rgb(hsv)
         if not contrast_first:
             img = self._contrast(img, rng)
-        results["img"] = img
-        return results
+        return img
 
 
 class PackSegInputs(Transform):
