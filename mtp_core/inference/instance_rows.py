@@ -4,8 +4,11 @@ The rule (documented in README and docs/architecture.md):
 
 1. **The semantic mask says what is building.** Its blended, seam-free outline is kept as it is; the instance masks
    never add a building pixel the semantic decoder calls background, nor remove one.
-2. **The instances say which building.** A building pixel inside the mask of one or more instances of its class goes
-   to the one whose mask probability there is highest (ties: the earlier, higher-scoring one).
+2. **The instances say which building, best first.** Each instance takes the building pixels of its class inside its
+   mask that no higher-scoring instance holds; an instance left with less than ``KEEP_VISIBLE`` (half) of its mask
+   is dropped as a duplicate or a part of a better one. This is Panoptic FPN's fusion of instances with a semantic
+   mask (Kirillov et al. 2019; Detectron2's ``combine_semantic_and_instance_outputs``); on touching buildings it
+   gives whole houses where "highest mask probability per pixel" left slivers of overlapping detections.
 3. **Edges left over join their neighbour.** Building pixels no instance covers (the thin rim a 28 x 28 mask misses)
    take the building of a 4-neighbour, grown at most ``GROW_PX`` pixels from the instances.
 4. **What no instance explains stays semantic.** Building pixels further away form buildings of their own, scored by
@@ -26,6 +29,7 @@ from mtp_core.inference.instance_merge import Instance
 from mtp_core.vectorize.instances import NODATA_VALUE, encode
 
 GROW_PX = 6  # building pixels this close to an instance (4-connected, inside the semantic mask) join it
+KEEP_VISIBLE = 0.5  # an instance needs this share of its mask not held by better instances (Panoptic FPN's 0.5)
 CLASS_NODATA = 255
 _LOCAL_IDS = 2**24 - 1  # building numbers cycle through 1.._LOCAL_IDS (neighbours never share one)
 
@@ -43,8 +47,7 @@ class InstanceRows:
         self._classes = np.zeros((0, width), np.uint8)
         self._prob = np.zeros((0, width), np.uint8)  # probability of the pixel's semantic class, x 255
         self._ids = np.zeros((0, width), np.int32)  # building number before growing, 0 = none
-        self._best = np.zeros((0, width), np.uint8)  # mask probability of the building holding the pixel
-        self._score = np.zeros((0, width), np.uint8)  # that building's score, x 255
+        self._score = np.zeros((0, width), np.uint8)  # the score of the building holding the pixel, x 255
         self._next_id = 0
 
     def add_semantic(self, y0: int, classes: np.ndarray, probs: np.ndarray) -> None:
@@ -56,26 +59,28 @@ class InstanceRows:
         prob = np.take_along_axis(probs, safe[None].astype(np.int64), axis=0)[0]
         self._classes = np.concatenate([self._classes, classes])
         self._prob = np.concatenate([self._prob, np.rint(np.clip(prob, 0, 1) * 255).astype(np.uint8)])
-        for name, dtype in (("_ids", np.int32), ("_best", np.uint8), ("_score", np.uint8)):
+        for name, dtype in (("_ids", np.int32), ("_score", np.uint8)):
             setattr(self, name, np.concatenate([getattr(self, name), np.zeros((n, self.width), dtype)]))
         self.received += n
 
     def paint(self, instances: Sequence[Instance]) -> None:
-        """Instances whose rows are all known: each mask pixel of the instance's class where its probability beats
-        the building already there (rule 2)."""
-        for inst in instances:
+        """Instances whose rows are all known, best score first: each takes the pixels of its class in its mask
+        that no better instance holds, unless fewer than ``KEEP_VISIBLE`` of them are left to it (rule 2)."""
+        for inst in sorted(instances, key=lambda i: -i.score):
             if inst.y0 < self.base or inst.y0 + inst.prob.shape[0] > self.received:
                 raise ValueError(f"instance rows {inst.y0}..{inst.y0 + inst.prob.shape[0]} are not held "
                                  f"({self.base}..{self.received})")
             rows = slice(inst.y0 - self.base, inst.y0 - self.base + inst.prob.shape[0])
             cols = slice(inst.x0, inst.x0 + inst.prob.shape[1])
-            take = inst.mask & (self._classes[rows, cols] == inst.label + 1) & (inst.prob > self._best[rows, cols])
-            if not take.any():
+            mine = inst.mask & (self._classes[rows, cols] == inst.label + 1)
+            score = np.uint8(round(min(max(inst.score, 0.0), 1.0) * 255))
+            # pixels held by a lower score were painted by an earlier call (streaming): the better instance wins
+            take = mine & ((self._ids[rows, cols] == 0) | (self._score[rows, cols] < score))
+            if not take.any() or np.count_nonzero(take) < KEEP_VISIBLE * np.count_nonzero(mine):
                 continue
             self._next_id = self._next_id % _LOCAL_IDS + 1
             self._ids[rows, cols][take] = self._next_id
-            self._best[rows, cols][take] = inst.prob[take]
-            self._score[rows, cols][take] = np.uint8(round(min(max(inst.score, 0.0), 1.0) * 255))
+            self._score[rows, cols][take] = score
 
     def ready(self, until: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(y0, values (n, W) int32, scores (n, W) uint8)`` of the rows that are final when the instances of rows
@@ -119,7 +124,7 @@ class InstanceRows:
         n = row - self.base
         if n <= 0:
             return
-        for name in ("_classes", "_prob", "_ids", "_best", "_score"):
+        for name in ("_classes", "_prob", "_ids", "_score"):
             setattr(self, name, getattr(self, name)[n:].copy())
         self.base = row
 

@@ -210,6 +210,36 @@ def test_instance_rows_partition_the_semantic_mask():
     assert scores[2, 2] == round(0.9 * 255) and scores[2, 9] == round(0.8 * 255)
 
 
+def test_instances_take_pixels_best_first_and_covered_ones_are_dropped():
+    """Panoptic FPN's fusion: a detection of a whole row under the better houses' masks is dropped (under half of it
+    is left), a house overlapping a better one keeps only its own pixels, and a better instance painted by a later
+    call (streaming) still wins the pixels it shares."""
+    from mtp_core.inference.instance_merge import Instance
+
+    def combined(*calls):
+        rows = InstanceRows(width=12, height=4, grow_px=0)
+        classes = np.zeros((4, 12), np.uint8)
+        classes[:, :] = 1
+        rows.add_semantic(0, classes, np.stack([1.0 - classes, classes]).astype(np.float32))
+        for call in calls:
+            rows.paint(call)
+        (_, values, scores), = rows.ready(4)
+        return values[1], scores[1]
+
+    left = Instance(0, 0, np.full((4, 5), 230, np.uint8), 0.9, 0)
+    right = Instance(0, 5, np.full((4, 5), 230, np.uint8), 0.8, 0)
+    row = Instance(0, 0, np.full((4, 11), 250, np.uint8), 0.6, 0)  # most of it is the two houses
+    values, _ = combined([row, right, left])
+    assert len(set(values[:5])) == 1 and len(set(values[5:10])) == 1 and values[0] != values[5]
+    assert values[10] == values[11] == 1 << 24  # the row's one free column is not enough: semantic leftovers
+    shifted = Instance(0, 3, np.full((4, 5), 240, np.uint8), 0.7, 0)  # overlaps left by 2 columns of 5
+    values, scores = combined([left, shifted])
+    assert len(set(values[:5])) == 1 and len(set(values[5:8])) == 1 and values[4] != values[5]
+    assert list(scores[:8]) == [round(0.9 * 255)] * 5 + [round(0.7 * 255)] * 3
+    values, scores = combined([shifted], [left])  # the better one comes later: it still gets its pixels
+    assert len(set(values[:5])) == 1 and scores[4] == round(0.9 * 255) and values[5] != values[4]
+
+
 def test_instance_checkpoint_predicts_instances_and_untrained_decoder_is_refused(tmp_path):
     model = create_model("mtp_vit_tiny_rvsa_upernet_maskrcnn", img_size=64)
     card = _card()

@@ -3,8 +3,10 @@
 With the plugin installed from its zip and enabled in a fresh profile: optionally press "Install dependencies" and
 wait for it (``install``), open the dock through its action, run the demo model on a SpaceNet chip with the Run
 button, click a roof with the map tool (a real mouse click on the map), run ``mtp:extractbuildings`` through
-Processing, save a screenshot of the whole window, save the clicked building, and quit QGIS. Everything it sees goes
-to a JSON file; a failure is written there too, and QGIS still quits.
+Processing, save a screenshot of the whole window, save the clicked building, and quit QGIS. With ``pair`` and
+``touching`` instead: changes between two layers with their kinds, then the demo instance model on a scene where
+buildings share walls and a click on a house in a row. Everything it sees goes to a JSON file; a failure is written
+there too, and QGIS still quits.
 
     MTP_DESKTOP='{"chip": ..., "work": ..., "report": ..., "screenshot": ..., "install": false}' qgis --code THIS
 """
@@ -140,6 +142,93 @@ def run_processing(seen: dict) -> None:
     seen["processing"] = {"buildings": result["BUILDINGS"], "features": result["OUTPUT"].featureCount()}
 
 
+def press_run(dock, what: str) -> tuple[float, list]:
+    """Run with the dock's button; the seconds it took and the layers of the group it added."""
+    QTest.mouseClick(dock.run_button, Qt.LeftButton)
+    seconds = wait(lambda: dock.task is None, 300, what)
+    group = QgsProject.instance().layerTreeRoot().findGroups()[0]  # the newest group is on top
+    return seconds, [node.layer() for node in group.findLayers()]
+
+
+def show(layers: list, name: str) -> bool:
+    """Only the newest group and the rasters under it shown, the map zoomed to its layers and drawn, and the whole
+    window saved."""
+    groups = QgsProject.instance().layerTreeRoot().findGroups()
+    for group in groups:
+        group.setItemVisibilityChecked(group is groups[0])
+    canvas = iface.mapCanvas()
+    drawn = []
+    canvas.mapCanvasRefreshed.connect(lambda: drawn.append(True))
+    canvas.setExtent(layers[0].extent())
+    canvas.refresh()
+    wait(lambda: drawn and not canvas.isDrawing(), 60, "the map")
+    QgsApplication.processEvents()
+    return screenshot(iface.mainWindow(), name)
+
+
+def changes_and_instances() -> dict:
+    """Changes between two layers (demo change detector, kinds from the demo building model), then the demo instance
+    model on a terrace scene and a real click on a house that shares a wall."""
+    import shapely
+
+    from mtp_core.io import read_vector
+
+    seen: dict = {"python_errors": []}
+    QgsApplication.messageLog().messageReceived.connect(
+        lambda message, tag, level: seen["python_errors"].append(message) if tag == "Python error" else None)
+    iface.mainWindow().setGeometry(0, 0, *WINDOW)
+    before, after = (iface.addRasterLayer(path, Path(path).stem) for path in SPEC["pair"])
+    iface.mainWindow().findChild(QAction, "mtpDockAction").trigger()
+    dock = plugins["mtp_qgis"].dock
+    wait(lambda: dock.isVisible(), 10, "the dock")
+    dock.mode_combo.setCurrentIndex(dock.mode_combo.findData("change"))
+    dock.raster_combo.setLayer(before)
+    dock.after_combo.setLayer(after)
+    dock.kinds_check.setChecked(True)
+    dock.device_combo.setCurrentIndex(dock.device_combo.findData("cpu"))
+    dock.output_widget.setFilePath(str(Path(SPEC["work"]) / "changes_out"))
+    seconds, layers = press_run(dock, "the change run")
+    kinds = [feature["kind"] for feature in layers[0].getFeatures()]
+    seen["changes"] = {"seconds": round(seconds, 1), "status": dock.status_label.text(),
+                       "layers": [layer.name() for layer in layers], "renderer": layers[0].renderer().type(),
+                       "kinds": {kind: kinds.count(kind) for kind in set(kinds)},
+                       "saved": show(layers, "changes")}
+
+    scene = iface.addRasterLayer(SPEC["touching"], Path(SPEC["touching"]).stem)
+    dock.mode_combo.setCurrentIndex(dock.mode_combo.findData("segment"))
+    dock.raster_combo.setLayer(scene)
+    dock.model_combo.setCurrentIndex(dock.model_combo.findData("demo-instances"))
+    dock.output_widget.setFilePath(str(Path(SPEC["work"]) / "instances_out"))
+    seconds, layers = press_run(dock, "the instance run")
+    seen["instances"] = {"seconds": round(seconds, 1), "status": dock.status_label.text(),
+                         "layers": [layer.name() for layer in layers], "buildings": layers[0].featureCount()}
+    labels, _, _ = read_vector(SPEC["touching_labels"], target_crs_wkt=scene.crs().toWkt())
+    tree = shapely.STRtree(labels)
+    in_rows = [house for house in labels if len(tree.query(house.buffer(0.3), predicate="intersects")) > 1]
+    house = max(in_rows, key=lambda polygon: polygon.area)  # the largest house that shares a wall
+    canvas = iface.mapCanvas()
+    canvas.setExtent(scene.extent())
+    canvas.refresh()
+    wait(lambda: not canvas.isDrawing(), 60, "the map")
+    QTest.mouseClick(dock.click_button, Qt.LeftButton)
+    tool = canvas.mapTool()
+    inside = house.representative_point()
+    pixel = canvas.getCoordinateTransform().transform(QgsPointXY(inside.x, inside.y))
+    QTest.mouseClick(canvas.viewport(), Qt.LeftButton, Qt.NoModifier, QPoint(round(pixel.x()), round(pixel.y())))
+    wait(lambda: not tool.busy, 120, "the click")
+    features = list(tool.layer.getFeatures()) if tool.layer is not None else []
+    added = shapely.from_wkb(bytes(features[0].geometry().asWkb())) if features else shapely.Polygon()
+    row = shapely.union_all([labels[i] for i in tree.query(house.buffer(0.3), predicate="intersects")])
+    seen["click"] = {"message": iface.statusBarIface().currentMessage(), "features": len(features),
+                     "iou_with_house": float(shapely.area(added & house) / shapely.area(added | house)),
+                     "area_of_row": float(row.area / house.area), "area_added": float(added.area / house.area)}
+    seen["instances"]["saved"] = show(layers, "instances")
+    QTest.mouseClick(dock.click_button, Qt.LeftButton)
+    if tool.layer is not None:
+        tool.layer.commitChanges()
+    return seen
+
+
 def session() -> dict:
     seen: dict = {"plugin_loaded": "mtp_qgis" in plugins, "triton": repr(sys.modules.get("triton", "absent")),
                   "python_errors": []}
@@ -183,7 +272,7 @@ def session() -> dict:
 
 def main() -> None:
     try:
-        seen = session()
+        seen = changes_and_instances() if SPEC.get("pair") else session()
     except Exception:  # noqa: BLE001  (the test reads the failure from the report)
         seen = {"error": traceback.format_exc()}
     Path(SPEC["report"]).write_text(json.dumps(seen, indent=1), encoding="utf-8")

@@ -53,7 +53,7 @@ app.primaryScreen().grabWindow(0).save(sys.argv[1])
 
 
 def desktop(display: str, work: Path, name: str, pythonpath: list[str], install: bool = False, settings: str = "",
-            timeout: float = 240) -> dict:
+            timeout: float = 240, **extra: str | list[str]) -> dict:
     """Installs the built zip in a fresh profile, runs ``desktop_session.py`` in the ``qgis`` binary, and returns
     what it saw; QGIS must quit by itself with exit code 0."""
     profile = work / "profiles" / "profiles" / "default"
@@ -62,7 +62,7 @@ def desktop(display: str, work: Path, name: str, pythonpath: list[str], install:
     (profile / "QGIS" / "QGIS3.ini").write_text(f"[PythonPlugins]\nmtp_qgis=true\n{settings}", encoding="utf-8")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     spec = {"chip": str(CHIP), "work": str(work), "report": str(work / "report.json"),
-            "screenshot": str(ARTIFACTS / f"{name}.png"), "install": install}
+            "screenshot": str(ARTIFACTS / f"{name}.png"), "install": install, **extra}
     env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "QT_XCB_GL_INTEGRATION", "PYTHONPATH")}
     # QGIS takes files under the temporary folder for temporary layers and asks about them on quitting: the
     # session's outputs are in this test's folder, so the temporary folder goes elsewhere
@@ -147,3 +147,28 @@ def test_a_new_user_installs_the_dependencies_with_one_button_then_runs(display,
         print(f"installation: {seen['install_seconds']} s")
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # several GB: not left for pytest's kept temporary folders
+
+
+def test_the_desktop_shows_changes_between_two_layers_and_the_house_under_a_click_in_a_row(display, tmp_path) -> None:
+    """Two user paths of the dock in the real desktop: "Changes between two layers" (demo change detector, kinds from
+    the demo building model) on a synthetic pair, then "Demo instances" on a scene of terraces and a click on a
+    house that shares a wall: the click adds that house, not its row."""
+    from mtp_tools.synthetic import write_scene
+    from mtp_tools.synthetic.pair import render_pair, write_pair
+    from mtp_tools.synthetic.touching import render_touching_scene
+
+    before, after, _ = write_pair(render_pair(384, 384, 515100), tmp_path / "data", "town")
+    tif, labels = write_scene(render_touching_scene(384, 384, 424298, 0.6), tmp_path / "data" / "terraces.tif",
+                              tmp_path / "data" / "terraces.geojson")
+    seen = desktop(display, tmp_path, "desktop", site_dirs_of("torch", "timm", "shapely"),
+                   pair=[str(before), str(after)], touching=str(tif), touching_labels=str(labels))
+    assert seen["python_errors"] == []
+    changes = seen["changes"]
+    assert changes["layers"] == ["town_before → town_after changes", "town_before → town_after change mask"], changes
+    assert changes["renderer"] == "categorizedSymbol" and changes["saved"]
+    assert sum(changes["kinds"].values()) >= 3 and {"new", "demolished"} <= set(changes["kinds"]), changes
+    instances = seen["instances"]
+    assert "one per building" in instances["status"] and instances["buildings"] >= 20 and instances["saved"], instances
+    click = seen["click"]
+    assert click["features"] == 1 and click["message"].startswith("building (instance, score"), click
+    assert click["area_of_row"] > 1.5 and click["iou_with_house"] > 0.6, click  # the house, not its whole row

@@ -9,7 +9,7 @@
 #   mtp synth data/instances/val --count 4 --size 512 --seed 9100 --touching 0.5 --layout spacenet --name touching
 #   python -m training.train training/configs/demo/rvsa-tiny-upernet-maskrcnn-256-synthetic.py \
 #       --work-dir work_dirs/demo_instances
-#   mtp convert-ckpt work_dirs/demo_instances/iter_800.pth mtp_core/weights/mtp_demo_instances.pth
+#   mtp convert-ckpt work_dirs/demo_instances/iter_2400.pth mtp_core/weights/mtp_demo_instances.pth
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 crop_size = (256, 256)
 data_preprocessor = dict(
@@ -66,9 +66,9 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=10))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=50),
-    dict(type='CosineAnnealingLR', eta_min=0.0, T_max=750, begin=50, end=800, by_epoch=False),
+    dict(type='CosineAnnealingLR', eta_min=0.0, T_max=2350, begin=50, end=2400, by_epoch=False),
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=800, val_interval=800)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=2400, val_interval=800)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
