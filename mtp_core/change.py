@@ -29,14 +29,14 @@ import numpy as np
 import shapely
 from osgeo import ogr
 
-from mtp_core.errors import GeoError, UserError
+from mtp_core.errors import UserError
 from mtp_core.inference import CLASS_NODATA, GeoTiffSink, Predictor, RasterSource, RunStats, TwoDateSource
 from mtp_core.io import BandScaler, GeoTiffWriter, RasterInfo, ReadPlan, describe_raster, plan_read, warp_to_grid
 from mtp_core.io.gdal_errors import raises_gdal_errors
 from mtp_core.io.metres import apply_geotransform, map_to_pixel
 from mtp_core.io.pair import check_pair, warp_onto
 from mtp_core.io.raster import open_raster
-from mtp_core.pipeline import check_bands, with_nodata
+from mtp_core.pipeline import check_bands, make_out_dir, with_nodata
 from mtp_core.progress import CancelCallback, Progress, ProgressCallback
 from mtp_core.tiling import TileGrid
 from mtp_core.vectorize import VectorResult, vectorize_raster_to_file
@@ -167,11 +167,7 @@ def detect_changes(
         return ChangeResult(before, after, mask_path, vector_path, prob_path if prob_path.exists() else None, -1,
                             None, math.nan, None)
     labels = [describe_raster(p, allow_pixel_crs=pixel_crs).label for p in (before, after)]  # missing files first
-    try:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GeoError(f"cannot create the output folder {out_dir}: {exc.strerror}; choose another output folder "
-                       "(--out)") from exc
+    make_out_dir(out_dir)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".mtp-") as tmp_dir:
         tmp = Path(tmp_dir)
         sources = [with_nodata(p, nodata, tmp / f"nodata{i}.vrt") if nodata is not None else p

@@ -16,11 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from mtp_core.errors import GeoError
 from mtp_core.inference import CLASS_NODATA, InstanceGeoTiffSink, InstancePredictor, RasterSource
 from mtp_core.io import BandScaler, GeoTiffWriter, describe_raster, plan_read, warp_to_grid
 from mtp_core.io.gdal_errors import raises_gdal_errors
-from mtp_core.pipeline import JobResult, RasterPrediction, check_bands, output_paths, with_nodata
+from mtp_core.pipeline import JobResult, RasterPrediction, check_bands, make_out_dir, output_paths, with_nodata
 from mtp_core.progress import CancelCallback, ProgressCallback
 from mtp_core.vectorize import vectorize_raster_to_file
 from mtp_core.vectorize.instances import NODATA_VALUE, class_of
@@ -51,11 +50,7 @@ def extract_building_instances(
     mask_path, vector_path, prob_path = output_paths(raster, out_dir, vector_ext)
     if skip_existing and mask_path.exists() and vector_path.exists():
         return JobResult(raster, mask_path, vector_path, prob_path if prob_path.exists() else None, -1, None)
-    try:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GeoError(f"cannot create the output folder {out_dir}: {exc.strerror}; choose another output folder "
-                       "(--out)") from exc
+    make_out_dir(out_dir)
     label = describe_raster(raster, allow_pixel_crs=pixel_crs).label
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".mtp-") as tmp:
         tmp_dir = Path(tmp)

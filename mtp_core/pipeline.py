@@ -149,6 +149,15 @@ class JobResult:
     prediction: RasterPrediction | None  # None when the outputs already existed (skipped)
 
 
+def make_out_dir(out_dir: str | Path) -> None:
+    """Creates the output folder, or says in one line why it cannot."""
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GeoError(f"cannot create the output folder {out_dir}: {exc.strerror}; choose another output folder "
+                       "(--out)") from exc
+
+
 def output_paths(raster: str | Path, out_dir: str | Path, vector_ext: str = ".gpkg") -> tuple[Path, Path, Path]:
     stem = Path(raster).stem
     out = Path(out_dir)
@@ -191,11 +200,7 @@ def extract_buildings(
     mask_path, vector_path, prob_path = output_paths(raster, out_dir, vector_ext)
     if skip_existing and mask_path.exists() and vector_path.exists():
         return JobResult(raster, mask_path, vector_path, prob_path if prob_path.exists() else None, -1, None)
-    try:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise GeoError(f"cannot create the output folder {out_dir}: {exc.strerror}; choose another output folder "
-                       "(--out)") from exc
+    make_out_dir(out_dir)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".mtp-") as tmp:
         # probabilities give each polygon its score; kept only when asked for
         probs = prob_path if probabilities else Path(tmp) / "prob.tif"

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from mtp_core.checkpoint import load_weights
 from mtp_core.models.card import ModelCard
@@ -34,12 +33,9 @@ from mtp_core.models.maskrcnn import parse_losses
 from training.builder import BuildError, SegmentorSpec, build_segmentor, model_card, segmentation_loss
 from training.data.multitask_preprocess import MultiTaskDataPreprocessor
 from training.data.spacenet_instances import build_dataset
-from training.dist import DistInfo, per_tensor_allreduce
+from training.dist import DistInfo
 from training.loop import Trainer
-from training.optim import build_scheduler
-from training.optim_wrapper import build_optim_wrapper
 from training.runner import IterRunner
-from training.sync_bn import convert_sync_bn
 
 log = logging.getLogger("mtp.train")
 
@@ -100,35 +96,9 @@ class InstanceTrainer(Trainer):
         if self.spec.model.num_classes != len(self.classes):
             raise BuildError(f"decode_head.num_classes is {self.spec.model.num_classes} but the data have "
                              f"{len(self.classes)} classes with the background ({', '.join(self.classes)})")
-        self.batch_size = int(loader_cfg.get("batch_size", 1))
-        self.iters_per_epoch = self._iters_per_epoch()
-        self.max_iters = (int(cfg["train_cfg"]["max_epochs"]) * self.iters_per_epoch if self.iters_per_epoch
-                          else int(cfg["train_cfg"]["max_iters"]))
+        self._set_length(loader_cfg)
         self._check_batch_norm_batch()
-
-        model: InstanceSegmentor = self.spec.model
-        if self.spec.pretrained:
-            self._log_report(load_weights(model.backbone, self.spec.pretrained))
-        if cfg.get("load_from") and not cfg.get("resume"):
-            self._log_report(load_weights(model, cfg["load_from"]))
-        if info.distributed and self.spec.sync_bn:
-            model = convert_sync_bn(model, info.device)
-        self.model = model.to(info.device)
-        self.optim_wrapper = build_optim_wrapper(self.model, cfg["optim_wrapper"], info.device)
-        if info.is_main:
-            log.info("%r", self.optim_wrapper)
-        self.scheduler = build_scheduler(self.optim_wrapper.optimizer, cfg.get("param_scheduler") or [],
-                                         self.max_iters, self.iters_per_epoch)
-        self.ddp = (
-            DistributedDataParallel(self.model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                                    find_unused_parameters=bool(cfg.get("find_unused_parameters")))
-            if info.distributed else None
-        )
-        if self.ddp is not None and info.device.type == "cpu":
-            self.ddp.register_comm_hook(None, per_tensor_allreduce)
-        self.sampler = None
-        self._sampler_state = None
-        self._sampler_first_iteration = 0
+        self._place_model(self.spec.model)
 
     def train_step(self, batches: Iterator[list]) -> dict[str, torch.Tensor]:
         """One iteration: one encoder pass, the semantic loss plus the instance losses, an optimizer step when the

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import mtp_core
 from mtp_core.checkpoint import atomic_torch_save, load_weights, safe_load
-from mtp_core.models import EncoderDecoder, ModelCard
+from mtp_core.models import ModelCard
 from training.builder import CHANGE_ARCH, SegmentorSpec, build_segmentor, model_card, segmentation_loss
 from training.config import config_text
 from training.data import InfiniteSampler, SegDataPreProcessor, build_dataset, collate
@@ -82,13 +82,21 @@ class Trainer(IterRunner):
         card_overrides = {"band_ranges": ranges} if ranges else {}
         self.card: ModelCard = model_card(self.spec, pre_cfg, self.classes,
                                           {**card_overrides, **(cfg.get("model_card") or {})})
+        self._set_length(loader_cfg)
+        self._check_batch_norm_batch()
+        self._place_model(self.spec.model)
+
+    def _set_length(self, loader_cfg: dict[str, Any]) -> None:
+        """Batch size, epoch length (epoch-based configs) and the number of iterations."""
         self.batch_size = int(loader_cfg.get("batch_size", 1))
         self.iters_per_epoch = self._iters_per_epoch()
-        self.max_iters = (int(cfg["train_cfg"]["max_epochs"]) * self.iters_per_epoch if self.iters_per_epoch
-                          else int(cfg["train_cfg"]["max_iters"]))
-        self._check_batch_norm_batch()
+        self.max_iters = (int(self.cfg["train_cfg"]["max_epochs"]) * self.iters_per_epoch if self.iters_per_epoch
+                          else int(self.cfg["train_cfg"]["max_iters"]))
 
-        model: EncoderDecoder = self.spec.model
+    def _place_model(self, model: nn.Module) -> None:
+        """The model's starting weights (backbone ``pretrained``, ``load_from``), SyncBN, device, optimizer wrapper,
+        schedule and DDP; the sampler comes with the first batch."""
+        cfg, info = self.cfg, self.info
         if self.spec.pretrained:
             self._log_report(load_weights(model.backbone, self.spec.pretrained))
         if cfg.get("load_from") and not cfg.get("resume"):  # resume=True makes load_from the checkpoint to resume
