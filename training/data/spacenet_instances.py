@@ -19,11 +19,10 @@ instance filtered away), as MTP's loader does.
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
-from osgeo import gdal, ogr, osr
+from osgeo import gdal, ogr
 from torch.utils.data import Dataset
 
 from mtp_core.io.gdal_errors import quiet_gdal
@@ -31,7 +30,7 @@ from mtp_core.io.gdal_errors import quiet_gdal
 from .datasets import SpaceNetV1RawDataset
 from .instance_transforms import INSTANCE_TRANSFORMS, masks_to_boxes
 from .samrs import MAX_REDRAWS, SAMRSDataset, build_instance_pipeline
-from .transforms import IGNORE_INDEX, Compose, Georef, Results, Transform, _target_srs, build_from_cfg
+from .transforms import IGNORE_INDEX, Compose, Georef, Results, Transform, build_from_cfg, open_labels
 
 PipelineCfg = Union[Compose, Sequence[Union[Mapping[str, Any], Transform]]]
 NODATA_ID = -1
@@ -40,24 +39,7 @@ NODATA_ID = -1
 def rasterize_instances(path: str, shape: tuple[int, int], georef: Georef) -> np.ndarray:
     """(H, W) int32: 0 where no polygon is, i + 1 where polygon i is (MultiPolygons split into their parts, in file
     order; a later polygon wins where two overlap). Geometries are reprojected into the image's CRS."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"label GeoJSON not found: {path}")
-    with quiet_gdal():
-        try:
-            src = ogr.Open(path)
-        except RuntimeError as exc:
-            raise OSError(f"OGR cannot read {path}: {exc}") from exc
-    if src is None or src.GetLayerCount() == 0:
-        raise OSError(f"OGR cannot read {path}: {gdal.GetLastErrorMsg() or 'not a vector file'}")
-    layer = src.GetLayer(0)
-    dst_srs = _target_srs(georef.wkt)
-    transform = None
-    src_srs = layer.GetSpatialRef()
-    if src_srs is not None and dst_srs is not None:
-        src_srs = src_srs.Clone()
-        src_srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-        if not src_srs.IsSame(dst_srs, ["CRITERION=EQUIVALENT_EXCEPT_AXIS_ORDER_GEOGCRS"]):
-            transform = osr.CoordinateTransformation(src_srs, dst_srs)
+    _source, layer, dst_srs, transform = open_labels(path, georef)  # the layer lives while its source does
     height, width = shape
     raster = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Int32)
     raster.SetGeoTransform(georef.geotransform)

@@ -145,13 +145,10 @@ def _target_srs(wkt: str) -> Optional[osr.SpatialReference]:
     return srs
 
 
-def rasterize_geojson(path: str, shape: tuple[int, int], georef: Georef) -> np.ndarray:
-    """Burn a GeoJSON's polygons onto an image grid: building 1, background 0, as ``(H, W)`` uint8.
-
-    Geometries are reprojected into the image's CRS when the file's CRS differs (both in lon/lat-first order, the
-    GeoJSON convention). GDAL burns the pixels whose centre lies inside a polygon (``all_touched`` off), the rule
-    solaris/rasterio use for SpaceNet masks. A file without features gives an all-background mask.
-    """
+def open_labels(path: str, georef: Georef) -> tuple[ogr.DataSource, ogr.Layer, Optional[osr.SpatialReference],
+                                                   Optional[osr.CoordinateTransformation]]:
+    """A label file's first layer (its data source kept alive with it), the image's CRS and the transformation
+    into it (None when the CRSs are the same or one is unknown); errors name the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"label GeoJSON not found: {path}")
     with quiet_gdal():
@@ -170,6 +167,17 @@ def rasterize_geojson(path: str, shape: tuple[int, int], georef: Georef) -> np.n
         src_srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
         if not src_srs.IsSame(dst_srs, ["CRITERION=EQUIVALENT_EXCEPT_AXIS_ORDER_GEOGCRS"]):
             transform = osr.CoordinateTransformation(src_srs, dst_srs)
+    return src, layer, dst_srs, transform
+
+
+def rasterize_geojson(path: str, shape: tuple[int, int], georef: Georef) -> np.ndarray:
+    """Burn a GeoJSON's polygons onto an image grid: building 1, background 0, as ``(H, W)`` uint8.
+
+    Geometries are reprojected into the image's CRS when the file's CRS differs (both in lon/lat-first order, the
+    GeoJSON convention). GDAL burns the pixels whose centre lies inside a polygon (``all_touched`` off), the rule
+    solaris/rasterio use for SpaceNet masks. A file without features gives an all-background mask.
+    """
+    _source, layer, dst_srs, transform = open_labels(path, georef)  # the layer lives while its source does
 
     height, width = shape
     raster = gdal.GetDriverByName("MEM").Create("", width, height, 1, gdal.GDT_Byte)
