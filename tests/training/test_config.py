@@ -11,7 +11,8 @@ from training.config import ConfigError, apply_overrides, load_config, merge
 from training.loop import DEFAULTS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
-MTP = sorted((CONFIGS / "mtp" / "spacenetv1").glob("*.py"))
+MTP = sorted(p for p in (CONFIGS / "mtp" / "spacenetv1").glob("*.py") if "maskrcnn" not in p.name)
+INSTANCE = sorted((CONFIGS / "mtp" / "spacenetv1").glob("*-maskrcnn-*.py"))
 
 
 def test_the_four_mtp_spacenet_configs_exist() -> None:
@@ -21,6 +22,29 @@ def test_the_four_mtp_spacenet_configs_exist() -> None:
         "rvsa-l-upernet-384-mae-mtp-spacenetv1.py",
         "rvsa-l-upernet-384-mae-spacenetv1.py",
     ]
+
+
+@pytest.mark.parametrize("path", INSTANCE, ids=lambda p: p.stem)
+def test_instance_configs_are_the_spacenet_recipe_with_the_pretrained_decoders(path: Path) -> None:
+    """rvsa-{b,l}-upernet-maskrcnn: MTP's SpaceNetv1 recipe, with UperNet and Mask R-CNN as wide as pretrained, so
+    that a ``convert-ckpt --reuse-decoder semseg+insseg`` file fills the whole model."""
+    from mtp_core.models import create_model
+    from training.instances import build_instance_segmentor
+
+    assert [p.name for p in INSTANCE] == ["rvsa-b-upernet-maskrcnn-384-mae-mtp-spacenetv1.py",
+                                          "rvsa-l-upernet-maskrcnn-384-mae-mtp-spacenetv1.py"]
+    cfg = load_config(path)
+    large = "rvsa-l" in path.name
+    with torch.device("meta"):
+        spec = build_instance_segmentor(cfg["model"])
+        named = create_model(f"mtp_vit_{'l' if large else 'b'}_rvsa_upernet_maskrcnn", img_size=384)
+    assert (spec.model.backbone.embed_dim, len(spec.model.backbone.blocks)) == ((1024, 24) if large else (768, 12))
+    assert spec.model.decode_head.channels == 256 and spec.arch_args["instance_decoder"] == dict(
+        channels=256, fc_out_channels=1024)
+    shapes = {k: tuple(v.shape) for k, v in spec.model.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in named.state_dict().items()}
+    assert cfg["optim_wrapper"]["optimizer"]["lr"] == 6e-5 and cfg["train_cfg"]["max_iters"] == 80000
+    assert cfg["optim_wrapper"]["paramwise_cfg"] == dict(num_layers=24 if large else 12, layer_decay_rate=0.9)
 
 
 @pytest.mark.parametrize("path", MTP, ids=lambda p: p.stem)
