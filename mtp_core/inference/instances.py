@@ -20,6 +20,7 @@ import torch
 
 from mtp_core.device import describe_device
 from mtp_core.errors import UserError
+from mtp_core.heap import trim_heap
 from mtp_core.inference.instance_merge import InstanceMerger, tile_detections
 from mtp_core.inference.instance_rows import InstanceRows
 from mtp_core.inference.predictor import Predictor, RunStats, _RowAccumulator
@@ -214,6 +215,7 @@ class InstancePredictor(Predictor):
                     det.mask_probs.float().cpu(), (tile.y, tile.x), tile.size, (source.height, source.width), valid,
                     index, self.score_threshold))
             pending.clear()
+            trim_heap()  # after every batch: resident memory flat in raster size (mtp_core.heap)
 
         try:
             for index, (tile, data, valid) in enumerate(tiles):
