@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtp_core.checkpoint import load_model
+from mtp_core.checkpoint import load_model, safe_load
 from mtp_core.models import SiamEncoderDecoder
 from tests.training.conftest import _write_png
 from training.builder import BuildError, build_segmentor, model_card
@@ -321,8 +321,8 @@ def test_two_processes_train_the_change_detector_as_one(levir: Path, tmp_path: P
                           f"--master_port={_free_port()}", *cmd(tmp_path / "two", "pytorch", 1)], env=_env(),
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert two.returncode == 0, two.stdout + two.stderr
-    reference = torch.load(tmp_path / "one" / "iter_3.pth", weights_only=False)["state_dict"]
-    weights = torch.load(tmp_path / "two" / "iter_3.pth", weights_only=False)["state_dict"]
+    reference = safe_load(tmp_path / "one" / "iter_3.pth")["state_dict"]
+    weights = safe_load(tmp_path / "two" / "iter_3.pth")["state_dict"]
     for key, value in reference.items():
         if value.is_floating_point():
             torch.testing.assert_close(weights[key], value, rtol=1e-4, atol=1e-5, msg=key)
