@@ -31,6 +31,7 @@ from mtp_core.vectorize.instances import NODATA_VALUE, encode
 GROW_PX = 6  # building pixels this close to an instance (4-connected, inside the semantic mask) join it
 KEEP_VISIBLE = 0.5  # an instance needs this share of its mask not held by better instances (Panoptic FPN's 0.5)
 CLASS_NODATA = 255
+COMBINE_COLUMNS = 1024  # columns combined at a time: the temporaries of rule 3 stay this wide
 _LOCAL_IDS = 2**24 - 1  # building numbers cycle through 1.._LOCAL_IDS (neighbours never share one)
 
 
@@ -55,8 +56,9 @@ class InstanceRows:
         if y0 != self.received:
             raise ValueError(f"semantic rows must come in order: expected row {self.received}, got {y0}")
         n = classes.shape[0]
-        safe = np.where(classes == CLASS_NODATA, 0, classes)
-        prob = np.take_along_axis(probs, safe[None].astype(np.int64), axis=0)[0]
+        prob = np.zeros(classes.shape, np.float32)
+        for k in range(probs.shape[0]):  # a pass per class: no (n, W) int64 index for take_along_axis
+            np.copyto(prob, probs[k], where=classes == k)
         self._classes = np.concatenate([self._classes, classes])
         self._prob = np.concatenate([self._prob, np.rint(np.clip(prob, 0, 1) * 255).astype(np.uint8)])
         for name, dtype in (("_ids", np.int32), ("_score", np.uint8)):
@@ -98,9 +100,21 @@ class InstanceRows:
         self._drop(max(end - self.grow, self.base))
 
     def _combine(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rules 1-4 over held rows [r0, r1): instance values and scores."""
-        classes = self._classes[r0:r1]
-        ids, score = self._ids[r0:r1].copy(), self._score[r0:r1].copy()
+        """Rules 1-4 over held rows [r0, r1): instance values and scores, ``COMBINE_COLUMNS`` columns at a time (a
+        pixel's result depends on the pixels ``grow`` away, so each chunk is computed with that margin): the
+        temporaries of growing stay the size of a chunk, not of the raster's width."""
+        values = np.empty((r1 - r0, self.width), np.int32)
+        scores = np.empty((r1 - r0, self.width), np.uint8)
+        for c0 in range(0, self.width, COMBINE_COLUMNS):
+            c1 = min(c0 + COMBINE_COLUMNS, self.width)
+            lo, hi = max(c0 - self.grow, 0), min(c1 + self.grow, self.width)
+            v, sc = self._combine_block(r0, r1, lo, hi)
+            values[:, c0:c1], scores[:, c0:c1] = v[:, c0 - lo : c1 - lo], sc[:, c0 - lo : c1 - lo]
+        return values, scores
+
+    def _combine_block(self, r0: int, r1: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
+        classes = self._classes[r0:r1, c0:c1]
+        ids, score = self._ids[r0:r1, c0:c1].copy(), self._score[r0:r1, c0:c1].copy()
         building = (classes > 0) & (classes != CLASS_NODATA)
         free = building & (ids == 0)
         for _ in range(self.grow):
@@ -114,7 +128,7 @@ class InstanceRows:
                 grown[take], grown_score[take] = nid[take], nscore[take]
             ids[grown > 0], score[grown > 0] = grown[grown > 0], grown_score[grown > 0]
             free &= grown == 0
-        score[building & (ids == 0)] = self._prob[r0:r1][building & (ids == 0)]
+        score[building & (ids == 0)] = self._prob[r0:r1, c0:c1][building & (ids == 0)]
         values = np.where(building, encode(classes, ids), 0).astype(np.int32)
         values[classes == CLASS_NODATA] = NODATA_VALUE
         score[~building] = 0

@@ -210,6 +210,33 @@ def test_instance_rows_partition_the_semantic_mask():
     assert scores[2, 2] == round(0.9 * 255) and scores[2, 9] == round(0.8 * 255)
 
 
+def test_instance_rows_combine_in_column_chunks_as_over_the_whole_width(monkeypatch):
+    """Growing (rule 3) reaches ``grow`` pixels sideways: chunks computed with that margin give exactly the
+    whole-width result, so the temporaries can stay a chunk wide on a wide raster."""
+    from mtp_core.inference import instance_rows
+    from mtp_core.inference.instance_merge import Instance
+
+    rng = np.random.default_rng(5)
+    classes = (rng.random((40, 90)) < 0.7).astype(np.uint8)
+    classes[rng.random((40, 90)) < 0.02] = instance_rows.CLASS_NODATA
+    probs = rng.random((2, 40, 90)).astype(np.float32)
+    houses = [Instance(int(y), int(x), (rng.random((8, 9)) * 255).astype(np.uint8), float(rng.random()), 0)
+              for y, x in zip(rng.integers(0, 32, 25), rng.integers(0, 81, 25))]
+
+    def combined(chunk: int) -> tuple[np.ndarray, np.ndarray]:
+        monkeypatch.setattr(instance_rows, "COMBINE_COLUMNS", chunk)
+        rows = InstanceRows(width=90, height=40, grow_px=3)
+        rows.add_semantic(0, classes, probs)
+        rows.paint(houses)
+        (_, values, scores), = rows.ready(40)
+        return values, scores
+
+    whole = combined(1024)
+    assert (whole[0] > 0).any() and len(np.unique(whole[0])) > 10
+    for chunk in (1, 7, 30):
+        assert all(np.array_equal(a, b) for a, b in zip(combined(chunk), whole))
+
+
 def test_instances_take_pixels_best_first_and_covered_ones_are_dropped():
     """Panoptic FPN's fusion: a detection of a whole row under the better houses' masks is dropped (under half of it
     is left), a house overlapping a better one keeps only its own pixels, and a better instance painted by a later
