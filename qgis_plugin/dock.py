@@ -69,7 +69,8 @@ FIRST_DATE, SECOND_DATE = "'First date'", "'Second date'"
 MODEL_CHOICES = (("Demo model", "demo", "The built-in demo model (segmentation, or change detection for two layers), "
                                         "trained on synthetic 0.5 m scenes"),
                  ("Demo instances", "demo-instances", "The built-in demo model with instances: one polygon per "
-                                                      "building, also where buildings touch"),
+                                                      "building, also where buildings touch (works at 0.25 m: "
+                                                      "coarser layers are resampled)"),
                  ("Checkpoint file", "checkpoint", "An MTP, MAE or MMSeg checkpoint; its model card says the rest"),
                  ("Architecture + weights", "architecture", "A named MTP architecture built with a weights file"))
 AREA_CHOICES = (("Whole layer", "layer", "Every pixel of the raster layer"),

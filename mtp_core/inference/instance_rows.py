@@ -4,19 +4,23 @@ The rule (documented in README and docs/architecture.md):
 
 1. **The semantic mask says what is building.** Its blended, seam-free outline is kept as it is; the instance masks
    never add a building pixel the semantic decoder calls background, nor remove one.
-2. **The instances say which building, best first.** Each instance takes the building pixels of its class inside its
-   mask that no higher-scoring instance holds; an instance left with less than ``KEEP_VISIBLE`` (half) of its mask
-   is dropped as a duplicate or a part of a better one. This is Panoptic FPN's fusion of instances with a semantic
-   mask (Kirillov et al. 2019; Detectron2's ``combine_semantic_and_instance_outputs``); on touching buildings it
-   gives whole houses where "highest mask probability per pixel" left slivers of overlapping detections.
-3. **Edges left over join their neighbour.** Building pixels no instance covers (the thin rim a 28 x 28 mask misses)
-   take the building of a 4-neighbour, grown at most ``GROW_PX`` pixels from the instances.
-4. **What no instance explains stays semantic.** Building pixels further away form buildings of their own, scored by
-   the semantic probability (what the semantic-only job would give there).
+2. **The instances say which buildings there are, best first.** An instance is kept when at least ``KEEP_VISIBLE``
+   (half) of its mask's building pixels of its class are not held by a higher-scoring instance, else dropped as a
+   duplicate or a part of a better one: Panoptic FPN's fusion of instances with a semantic mask (Kirillov et al.
+   2019; Detectron2's ``combine_semantic_and_instance_outputs``), which removes the overlapping detections that
+   "highest mask probability per pixel" alone turned into slivers.
+3. **Where kept instances overlap, the surer mask wins.** A pixel two kept instances claim goes to the one with the
+   higher mask probability there (the higher score on a tie), so the wall between two houses falls where their
+   masks cross, not on the edge of the better-scored house's mask.
+4. **Building pixels left over join the nearest instance of their region.** Building pixels no kept instance covers
+   (the rim a 28 x 28 mask misses, a wing the box cut off) take the building of a 4-neighbour, grown at most
+   ``GROW_PX`` pixels through the semantic mask: the geodesic nearest instance.
+5. **What no instance explains stays semantic.** Building regions no instance reaches form buildings of their own,
+   scored by the semantic probability (what the semantic-only job would give there).
 
 Rows come out as *instance values* (:mod:`mtp_core.vectorize.instances`: the class in the high bits, a building
 number in the low bits, 0 background, -1 nodata) and an 8-bit score (the instance's score, or the semantic
-probability for buildings of rule 4). A row is final once the semantic rows ``GROW_PX`` below it are known and no
+probability for buildings of rule 5). A row is final once the semantic rows ``GROW_PX`` below it are known and no
 instance still to come can reach it, so :class:`InstanceRows` holds a band of rows, never the raster.
 """
 from __future__ import annotations
@@ -28,10 +32,10 @@ import numpy as np
 from mtp_core.inference.instance_merge import Instance
 from mtp_core.vectorize.instances import NODATA_VALUE, encode
 
-GROW_PX = 6  # building pixels this close to an instance (4-connected, inside the semantic mask) join it
+GROW_PX = 40  # building pixels up to this far from an instance (4-connected, inside the semantic mask) join it
 KEEP_VISIBLE = 0.5  # an instance needs this share of its mask not held by better instances (Panoptic FPN's 0.5)
 CLASS_NODATA = 255
-COMBINE_COLUMNS = 1024  # columns combined at a time: the temporaries of rule 3 stay this wide
+COMBINE_COLUMNS = 1024  # columns combined at a time: the temporaries of rule 4 stay this wide
 _LOCAL_IDS = 2**24 - 1  # building numbers cycle through 1.._LOCAL_IDS (neighbours never share one)
 
 
@@ -49,6 +53,7 @@ class InstanceRows:
         self._prob = np.zeros((0, width), np.uint8)  # probability of the pixel's semantic class, x 255
         self._ids = np.zeros((0, width), np.int32)  # building number before growing, 0 = none
         self._score = np.zeros((0, width), np.uint8)  # the score of the building holding the pixel, x 255
+        self._mprob = np.zeros((0, width), np.uint8)  # the mask probability of the building holding the pixel
         self._next_id = 0
 
     def add_semantic(self, y0: int, classes: np.ndarray, probs: np.ndarray) -> None:
@@ -61,13 +66,12 @@ class InstanceRows:
             np.copyto(prob, probs[k], where=classes == k)
         self._classes = np.concatenate([self._classes, classes])
         self._prob = np.concatenate([self._prob, np.rint(np.clip(prob, 0, 1) * 255).astype(np.uint8)])
-        for name, dtype in (("_ids", np.int32), ("_score", np.uint8)):
+        for name, dtype in (("_ids", np.int32), ("_score", np.uint8), ("_mprob", np.uint8)):
             setattr(self, name, np.concatenate([getattr(self, name), np.zeros((n, self.width), dtype)]))
         self.received += n
 
     def paint(self, instances: Sequence[Instance]) -> None:
-        """Instances whose rows are all known, best score first: each takes the pixels of its class in its mask
-        that no better instance holds, unless fewer than ``KEEP_VISIBLE`` of them are left to it (rule 2)."""
+        """Instances whose rows are all known, best score first (rules 2 and 3)."""
         for inst in sorted(instances, key=lambda i: -i.score):
             if inst.y0 < self.base or inst.y0 + inst.prob.shape[0] > self.received:
                 raise ValueError(f"instance rows {inst.y0}..{inst.y0 + inst.prob.shape[0]} are not held "
@@ -77,9 +81,13 @@ class InstanceRows:
             mine = inst.mask & (self._classes[rows, cols] == inst.label + 1)
             score = np.uint8(round(min(max(inst.score, 0.0), 1.0) * 255))
             # pixels held by a lower score were painted by an earlier call (streaming): the better instance wins
-            take = mine & ((self._ids[rows, cols] == 0) | (self._score[rows, cols] < score))
-            if not take.any() or np.count_nonzero(take) < KEEP_VISIBLE * np.count_nonzero(mine):
+            held = self._ids[rows, cols] != 0
+            better = ~held | (self._score[rows, cols] < score)
+            if np.count_nonzero(mine & better) < max(KEEP_VISIBLE * np.count_nonzero(mine), 1):
                 continue
+            owner = self._mprob[rows, cols]  # a kept instance takes the shared pixels where its mask is surer
+            take = mine & (~held | (inst.prob > owner) | ((inst.prob == owner) & better))
+            self._mprob[rows, cols][take] = inst.prob[take]
             self._next_id = self._next_id % _LOCAL_IDS + 1
             self._ids[rows, cols][take] = self._next_id
             self._score[rows, cols][take] = score
@@ -100,7 +108,7 @@ class InstanceRows:
         self._drop(max(end - self.grow, self.base))
 
     def _combine(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rules 1-4 over held rows [r0, r1): instance values and scores, ``COMBINE_COLUMNS`` columns at a time (a
+        """Rules 1-5 over held rows [r0, r1): instance values and scores, ``COMBINE_COLUMNS`` columns at a time (a
         pixel's result depends on the pixels ``grow`` away, so each chunk is computed with that margin): the
         temporaries of growing stay the size of a chunk, not of the raster's width."""
         values = np.empty((r1 - r0, self.width), np.int32)
@@ -126,6 +134,8 @@ class InstanceRows:
                 nid, ncls, nscore = (_shifted(a, *shift) for a in (ids, classes, score))
                 take = free & (grown == 0) & (nid > 0) & (ncls == classes)
                 grown[take], grown_score[take] = nid[take], nscore[take]
+            if not grown.any():  # a region no instance reaches: rule 5
+                break
             ids[grown > 0], score[grown > 0] = grown[grown > 0], grown_score[grown > 0]
             free &= grown == 0
         score[building & (ids == 0)] = self._prob[r0:r1, c0:c1][building & (ids == 0)]
@@ -138,7 +148,7 @@ class InstanceRows:
         n = row - self.base
         if n <= 0:
             return
-        for name in ("_classes", "_prob", "_ids", "_score"):
+        for name in ("_classes", "_prob", "_ids", "_score", "_mprob"):
             setattr(self, name, getattr(self, name)[n:].copy())
         self.base = row
 

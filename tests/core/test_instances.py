@@ -4,7 +4,7 @@ The merging and combining rules are pinned with an *oracle* segmentor: a real :c
 decoders are replaced by exact answers read off a colour-coded scene (every building a rectangle of its own colour),
 so each tile reports exactly what it sees: whole buildings, and pieces of those its edges cut. Everything after the
 network (pasting, merging across overlaps, the semantic partition, streaming, vectorizing) is the real code. The
-trained demo instance model is checked on synthetic scenes in ``tests/training/test_demo_instances.py``.
+trained demo instance model is checked on a synthetic scene in ``tests/training/test_demo_instances.py``.
 """
 from __future__ import annotations
 
@@ -237,10 +237,10 @@ def test_instance_rows_combine_in_column_chunks_as_over_the_whole_width(monkeypa
         assert all(np.array_equal(a, b) for a, b in zip(combined(chunk), whole))
 
 
-def test_instances_take_pixels_best_first_and_covered_ones_are_dropped():
-    """Panoptic FPN's fusion: a detection of a whole row under the better houses' masks is dropped (under half of it
-    is left), a house overlapping a better one keeps only its own pixels, and a better instance painted by a later
-    call (streaming) still wins the pixels it shares."""
+def test_instances_are_kept_best_first_and_walls_fall_where_the_masks_cross():
+    """Panoptic FPN's fusion decides which instances are kept: a detection of a whole row under the better houses'
+    masks is dropped (under half of it is left). Where two kept instances overlap, the pixel goes to the surer mask
+    (the score decides a tie), also when the better instance is painted by a later call (streaming)."""
     from mtp_core.inference.instance_merge import Instance
 
     def combined(*calls):
@@ -253,17 +253,21 @@ def test_instances_take_pixels_best_first_and_covered_ones_are_dropped():
         (_, values, scores), = rows.ready(4)
         return values[1], scores[1]
 
-    left = Instance(0, 0, np.full((4, 5), 230, np.uint8), 0.9, 0)
-    right = Instance(0, 5, np.full((4, 5), 230, np.uint8), 0.8, 0)
-    row = Instance(0, 0, np.full((4, 11), 250, np.uint8), 0.6, 0)  # most of it is the two houses
+    def house(x0: int, columns: list[int], score: float) -> Instance:
+        return Instance(0, x0, np.tile(np.array(columns, np.uint8), (4, 1)), score, 0)
+
+    left, right = house(0, [230] * 5, 0.9), house(5, [230] * 5, 0.8)
+    row = house(0, [250] * 11, 0.6)  # most of it is the two houses
     values, _ = combined([row, right, left])
     assert len(set(values[:5])) == 1 and len(set(values[5:10])) == 1 and values[0] != values[5]
     assert values[10] == values[11] == 1 << 24  # the row's one free column is not enough: semantic leftovers
-    shifted = Instance(0, 3, np.full((4, 5), 240, np.uint8), 0.7, 0)  # overlaps left by 2 columns of 5
-    values, scores = combined([left, shifted])
-    assert len(set(values[:5])) == 1 and len(set(values[5:8])) == 1 and values[4] != values[5]
-    assert list(scores[:8]) == [round(0.9 * 255)] * 5 + [round(0.7 * 255)] * 3
-    values, scores = combined([shifted], [left])  # the better one comes later: it still gets its pixels
+    fading = house(0, [250, 250, 250, 200, 140], 0.9)  # overlaps the next house by columns 3 and 4
+    rising = house(3, [150, 220, 250, 250, 250], 0.7)
+    for calls in (([fading, rising],), ([rising], [fading])):  # the better one first, or in a later call
+        values, scores = combined(*calls)
+        assert len(set(values[:4])) == 1 and len(set(values[4:8])) == 1 and values[3] != values[4]
+        assert list(scores[:8]) == [round(0.9 * 255)] * 4 + [round(0.7 * 255)] * 4
+    values, scores = combined([house(3, [230] * 5, 0.7)], [left])  # equal masks: the better score
     assert len(set(values[:5])) == 1 and scores[4] == round(0.9 * 255) and values[5] != values[4]
 
 

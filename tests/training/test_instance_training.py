@@ -67,6 +67,31 @@ def test_spacenet_chips_give_one_instance_per_polygon_part():
     assert boxes[0].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
 
 
+def test_the_demo_and_rio_configs_bring_their_images_to_the_demo_models_025_m(tmp_path):
+    """The demo instance model works at 0.25 m (its card): its second-stage config and the Rio fine-tune resample the
+    0.5 m images 2x, the labels with them (nearest: every polygon part still one instance)."""
+    demo = REPO / "training" / "configs" / "demo"
+    x2 = load_config(demo / "rvsa-tiny-upernet-maskrcnn-256-synthetic-x2.py")
+    rio = load_config(demo / "rvsa-tiny-upernet-maskrcnn-256-spacenet-rio.py")
+    assert x2["model_card"]["gsd_m"] == rio["model_card"]["gsd_m"] == 0.25
+    assert x2["load_from"] == "work_dirs/demo_instances_0.5m.pth"
+    assert rio["load_from"] == "mtp_core/weights/mtp_demo_instances.pth"
+    scene = render_touching_scene(512, 512, 7, 0.5)  # the size of the demo's scenes
+    write_scene(scene, tmp_path / "3band" / "3band_s_img1.tif",
+                tmp_path / "vectorData" / "geoJson" / "s_img1_Geo.geojson")
+    synthetic = build_dataset({**x2["val_dataloader"]["dataset"], "data_root": str(tmp_path)})[0]
+    assert tuple(synthetic["img"].shape[1:]) == (1024, 1024)
+    assert len(synthetic["masks"]) == len(scene.buildings)
+    chips = build_dataset({**rio["val_dataloader"]["dataset"], "data_root": str(CHIPS), "split_file": None})
+    by_chip = {Path(chips.samples[i][0]).stem.split("_")[-1]: chips[i] for i in range(len(chips))}
+    chip = by_chip["img9"]
+    assert tuple(chip["img"].shape[1:]) == (812, 878) and len(chip["masks"]) == 27
+    assert tuple(chip["sem_seg"].shape) == (812, 878)
+    train = build_dataset({**rio["train_dataloader"]["dataset"], "data_root": str(CHIPS), "split_file": None})
+    crop = train.pipeline(train.data_info(0), np.random.default_rng(0))
+    assert tuple(crop["img"].shape[1:]) == (256, 256)
+
+
 def test_a_multipolygon_is_one_instance_per_part(tmp_path):
     from mtp_core.io import write_vector
     from training.data.spacenet_instances import rasterize_instances

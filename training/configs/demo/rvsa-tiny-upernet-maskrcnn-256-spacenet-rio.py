@@ -6,14 +6,33 @@
 #   python bench/instances_spacenet.py --checkpoint work_dirs/spacenet_rio/iter_300.pth
 # Not shipped (a figure for the report): four labelled chips teach a model little. Measured: polygon F1 0.043 for
 # both paths on img8-img10, below the synthetic-only demo instance model (semantic-only 0.230, instances 0.236).
-_base_ = ['rvsa-tiny-upernet-maskrcnn-256-synthetic.py']
+_base_ = ['rvsa-tiny-upernet-maskrcnn-256-synthetic-x2.py']
 chips = '../shared/realdata/spacenet1_AOI_0_TEST/AOI_0_TEST'
+x2 = (878, 878)  # the 439 x 406 px chips at 0.25 m, as the demo instance model works
+train_pipeline = [
+    dict(type='MTP_LoadImageFromFile'),
+    dict(type='LoadGeoJSONInstances', id_map=True),
+    dict(type='MTP_RandomFlip', prob=0.75, direction=['horizontal', 'vertical', 'diagonal']),
+    dict(type='MTP_RandomResize', scale=x2, ratio_range=(0.8, 1.25), keep_ratio=True),
+    dict(type='MTP_RandomCrop', crop_size=(256, 256), recompute_bbox=True, allow_negative_crop=True),
+    dict(type='InstancesFromIds'),
+    dict(type='INS_FilterAnnotations', min_gt_bbox_wh=(1e-5, 1e-5), by_mask=True),
+    dict(type='MTP_PhotoMetricDistortion'),
+    dict(type='MTP_PackInputs'),
+]
+test_pipeline = [
+    dict(type='MTP_LoadImageFromFile'),
+    dict(type='LoadGeoJSONInstances', id_map=True),
+    dict(type='MTP_Resize', scale=x2, keep_ratio=True),
+    dict(type='InstancesFromIds'),
+    dict(type='MTP_PackInputs'),
+]
 train_dataloader = dict(dataset=dict(data_root=chips, split_file='training/configs/demo/spacenet-rio-train.txt',
-                                     nodata=0))
+                                     nodata=0, pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(data_root=chips, split_file='training/configs/demo/spacenet-rio-test.txt',
-                                   nodata=0))
+                                   nodata=0, pipeline=test_pipeline))
 test_dataloader = val_dataloader
-model_card = dict(description='demo instance model fine-tuned on four SpaceNet 1 Rio chips')
+model_card = dict(description='demo instance model fine-tuned on four SpaceNet 1 Rio chips (at 0.25 m)')
 optim_wrapper = dict(optimizer=dict(lr=3e-4))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-2, by_epoch=False, begin=0, end=20),
