@@ -15,6 +15,8 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from mtp_core.inference import InstancePredictor, Predictor
 from mtp_core.weights import DEMO_INSTANCES_CHECKPOINT
 from mtp_tools.touching_compare import compare, summary_line, total
@@ -50,6 +52,10 @@ def main() -> None:
     print(f"all {len(scores)} scenes ({touching:.0%} of {sum(s.buildings for s in scores)} buildings touching), "
           f"{time.perf_counter() - start:.0f} s: semantic-only P {sem.precision:.3f} R {sem.recall:.3f}; "
           f"instances P {ins.precision:.3f} R {ins.recall:.3f}")
+    rows, alone = (np.sum([getattr(s, kind) for s in scores], axis=0) for kind in ("in_rows", "alone"))
+    print(f"houses found (some polygon with IoU > 0.5): in rows {rows[1] / max(rows[0], 1):.1%} semantic-only, "
+          f"{rows[2] / max(rows[0], 1):.1%} instances (of {rows[0]}); standing alone {alone[1] / max(alone[0], 1):.1%}"
+          f" and {alone[2] / max(alone[0], 1):.1%} (of {alone[0]})")
     print(summary_line(scores))
 
 

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+import shapely
+
 from mtp_core.inference import Predictor
 from mtp_core.io import read_vector
 from mtp_core.metrics import MatchResult, polygon_f1
 from mtp_core.pipeline import extract_buildings
 from mtp_tools.synthetic import write_scene
-from mtp_tools.synthetic.touching import render_touching_scene, touching_fraction
+from mtp_tools.synthetic.touching import render_touching_scene, touching_fraction, touching_mask
 
 
 @dataclass
@@ -28,6 +31,22 @@ class SceneScore:
     touching: float  # share of the labelled buildings that share a wall
     semantic: MatchResult
     instances: MatchResult
+    in_rows: tuple[int, int, int] = (0, 0, 0)  # houses sharing a wall: count, found semantic-only, found instances
+    alone: tuple[int, int, int] = (0, 0, 0)  # houses standing alone: the same
+
+
+def found(vector: Path, truth: Sequence, crs: str) -> np.ndarray:
+    """Which of the labelled buildings ``truth`` (in ``crs``) some polygon of a job overlaps with IoU > 0.5, each on
+    its own (unlike F1's one-to-one matching): where a path fails, whatever else it does."""
+    predicted = np.asarray(read_vector(vector, target_crs_wkt=crs)[0], dtype=object)
+    truth = np.asarray(truth, dtype=object)
+    hit = np.zeros(len(truth), bool)
+    if len(predicted) and len(truth):
+        t, p = shapely.STRtree(predicted).query(truth, predicate="intersects")
+        iou = shapely.area(shapely.intersection(truth[t], predicted[p])) / shapely.area(
+            shapely.union(truth[t], predicted[p]))
+        hit[t[iou > 0.5]] = True
+    return hit
 
 
 def score(vector: Path, labels: Path, gsd_m: float, metric_crs: str | None = None) -> MatchResult:
@@ -47,11 +66,16 @@ def compare(semantic: Predictor, instances: Predictor, seeds: Sequence[int], siz
         for seed in seeds:
             scene = render_touching_scene(size, size, seed, touching)
             tif, labels = write_scene(scene, root / f"touching_{seed}.tif", root / f"touching_{seed}.geojson")
-            results = []
+            truth, _, crs = read_vector(labels)
+            results, hits = [], []
             for name, predictor in (("semantic", semantic), ("instances", instances)):
                 job = extract_buildings(predictor, tif, root / name, regularize=regularize, skip_existing=False)
                 results.append(score(job.vector_path, labels, scene.gsd_m))
-            scores.append(SceneScore(seed, len(scene.buildings), touching_fraction(scene.buildings), *results))
+                hits.append(found(job.vector_path, truth, crs))
+            rows = touching_mask(truth)
+            in_rows, alone = ((int(m.sum()), *(int((h & m).sum()) for h in hits)) for m in (rows, ~rows))
+            scores.append(SceneScore(seed, len(scene.buildings), touching_fraction(scene.buildings), *results,
+                                     in_rows, alone))
         return scores
 
 

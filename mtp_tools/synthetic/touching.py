@@ -36,11 +36,10 @@ _MIN_ROW_M = 12.0  # a block side shorter than this gets the ordinary suburb
 _VIEW_MARGIN_M = 20.0  # render._layout fills blocks within this distance of the scene
 
 
-def touching_fraction(polygons: Sequence[Polygon], tolerance: float = 0.25) -> float:
-    """Share of polygons that share a stretch of wall (longer than ``tolerance``, in the polygons' units) with
-    another; 0 for no polygons."""
+def touching_mask(polygons: Sequence[Polygon], tolerance: float = 0.25) -> np.ndarray:
+    """Which polygons share a stretch of wall (longer than ``tolerance``, in the polygons' units) with another."""
     if len(polygons) == 0:
-        return 0.0
+        return np.zeros(0, bool)
     geoms = np.asarray(polygons, dtype=object)
     i, j = shapely.STRtree(geoms).query(shapely.buffer(geoms, tolerance / 10), predicate="intersects")
     keep = i < j
@@ -48,7 +47,12 @@ def touching_fraction(polygons: Sequence[Polygon], tolerance: float = 0.25) -> f
     shared = shapely.length(shapely.intersection(shapely.boundary(geoms[i]), shapely.buffer(geoms[j], 1e-6)))
     touching = np.zeros(len(geoms), bool)
     touching[i[shared > tolerance]] = touching[j[shared > tolerance]] = True
-    return float(touching.mean())
+    return touching
+
+
+def touching_fraction(polygons: Sequence[Polygon], tolerance: float = 0.25) -> float:
+    """Share of polygons that share a stretch of wall with another (:func:`touching_mask`); 0 for no polygons."""
+    return float(touching_mask(polygons, tolerance).mean()) if len(polygons) else 0.0
 
 
 class TouchingBlocks:

@@ -266,3 +266,19 @@ def test_pair_files_and_the_levir_layout(pair, tmp_path, capsys) -> None:
         "scene_0_after.tif", "scene_0_before.tif", "scene_0_changes.geojson"]
     with pytest.raises(SystemExit):
         main([str(tmp_path / "x"), "--layout", "levir"])
+
+
+def test_touching_mask_flags_shared_walls_and_found_wants_iou_above_half(tmp_path) -> None:
+    """The diagnostics of bench/instances.py: which houses share a wall (a corner or a 1 cm gap is not a wall), and
+    which labelled houses some predicted polygon overlaps with IoU > 0.5."""
+    from shapely.geometry import box
+
+    from mtp_core.io import write_vector
+    from mtp_tools.synthetic.touching import touching_mask
+    from mtp_tools.touching_compare import found
+
+    houses = [box(0, 0, 6, 10), box(6, 0, 12, 10), box(12, 10, 18, 20), box(30.01, 0, 36, 10), box(24, 0, 30, 10)]
+    assert touching_mask(houses).tolist() == [True, True, False, False, False]
+    row = box(0, 0, 12, 10)  # both houses of the pair in one polygon: IoU 0.5 with each, not above
+    write_vector(tmp_path / "p.gpkg", [row, box(24.5, 0, 30, 10)], {"score": [0.9, 0.8]}, "EPSG:32633")
+    assert found(tmp_path / "p.gpkg", houses, "EPSG:32633").tolist() == [False, False, False, False, True]
