@@ -4,8 +4,9 @@
 #   python -m training.train training/configs/demo/rvsa-tiny-upernet-maskrcnn-256-spacenet-rio.py \
 #       --work-dir work_dirs/spacenet_rio
 #   python bench/instances_spacenet.py --checkpoint work_dirs/spacenet_rio/iter_300.pth
-# Not shipped (a figure for the report): four labelled chips teach a model little. Measured: polygon F1 0.043 for
-# both paths on img8-img10, below the synthetic-only demo instance model (semantic-only 0.230, instances 0.236).
+# Not shipped (a figure for the report): four labelled chips teach a model little. Measured: polygon F1 0.000 for
+# both paths on img8-img10 (it answers background everywhere; 0.043 from the 0.5 m model), far below the
+# synthetic-only demo instance model (semantic-only 0.259, instances 0.305).
 _base_ = ['rvsa-tiny-upernet-maskrcnn-256-synthetic-x2.py']
 chips = '../shared/realdata/spacenet1_AOI_0_TEST/AOI_0_TEST'
 x2 = (878, 878)  # the 439 x 406 px chips at 0.25 m, as the demo instance model works
