@@ -21,7 +21,7 @@ from mtp_core.io import read_vector
 from mtp_core.metrics import MatchResult, polygon_f1
 from mtp_core.pipeline import extract_buildings
 from mtp_tools.synthetic import write_scene
-from mtp_tools.synthetic.touching import render_touching_scene, touching_fraction, touching_mask
+from mtp_tools.synthetic.touching import render_touching_scene, touching_mask
 
 
 @dataclass
@@ -74,7 +74,7 @@ def compare(semantic: Predictor, instances: Predictor, seeds: Sequence[int], siz
                 hits.append(found(job.vector_path, truth, crs))
             rows = touching_mask(truth)
             in_rows, alone = ((int(m.sum()), *(int((h & m).sum()) for h in hits)) for m in (rows, ~rows))
-            scores.append(SceneScore(seed, len(scene.buildings), touching_fraction(scene.buildings), *results,
+            scores.append(SceneScore(seed, len(truth), float(rows.mean()) if len(truth) else 0.0, *results,
                                      in_rows, alone))
         return scores
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import mtp_core
-from mtp_core.checkpoint import atomic_torch_save, load_weights, safe_load
+from mtp_core.checkpoint import CheckpointError, atomic_torch_save, load_weights, safe_load
 from mtp_core.models import ModelCard
 from training.builder import CHANGE_ARCH, SegmentorSpec, build_segmentor, model_card, segmentation_loss
 from training.config import config_text
@@ -56,6 +56,15 @@ OPTIONAL_KEYS = (
     "optim_wrapper.clip_grad.max_norm", "optim_wrapper.clip_grad.norm_type", "optim_wrapper.clip_grad.clip_value",
     "optim_wrapper.loss_scale", "optim_wrapper.dtype", "tta_pipeline",
 )
+
+
+def _existing(path: Any, setting: str) -> Any:
+    """A starting checkpoint that is missing is named with the setting that asks for it and the ways out."""
+    if isinstance(path, (str, Path)) and not Path(path).is_file():
+        raise CheckpointError(f"{setting} = {path!r}: no such file. Make it first (the config's header comments say "
+                              f"how, e.g. an earlier training stage and `mtp convert-ckpt`), or point to another "
+                              f"with --cfg-options {setting}=PATH")
+    return path
 
 
 class Trainer(IterRunner):
@@ -98,9 +107,9 @@ class Trainer(IterRunner):
         schedule and DDP; the sampler comes with the first batch."""
         cfg, info = self.cfg, self.info
         if self.spec.pretrained:
-            self._log_report(load_weights(model.backbone, self.spec.pretrained))
+            self._log_report(load_weights(model.backbone, _existing(self.spec.pretrained, "model.backbone.pretrained")))
         if cfg.get("load_from") and not cfg.get("resume"):  # resume=True makes load_from the checkpoint to resume
-            self._log_report(load_weights(model, cfg["load_from"]))
+            self._log_report(load_weights(model, _existing(cfg["load_from"], "load_from")))
         if info.distributed and self.spec.architecture == CHANGE_ARCH and not cfg.get("find_unused_parameters"):
             raise ValueError("a change detector's backbone keeps fpn1..4 and norm (they are in its checkpoints) but "
                              "gives them no gradient, which distributed training must be told: set "

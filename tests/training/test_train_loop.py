@@ -297,6 +297,9 @@ def test_wrong_val_data_and_batch_one_with_batch_norm_fail_at_start(tiny_dataset
     assert train_main([*base, f"val_dataloader.dataset.data_root={tiny_dataset}",
                        "train_dataloader.batch_size=1"]) == 2
     assert "batch_size=1 with BatchNorm" in capsys.readouterr().err
+    missing = tmp_path / "stage1.pth"  # a later stage run before the stage that makes its starting weights
+    assert train_main([*base, f"val_dataloader.dataset.data_root={tiny_dataset}", f"load_from={missing}"]) == 2
+    assert f"load_from = '{missing}': no such file" in capsys.readouterr().err
     assert not list(tmp_path.glob("iter_*.pth"))
 
 
