@@ -86,8 +86,10 @@ class _Semantic:
 class InstancePredictor(Predictor):
     """A :class:`Predictor` whose model also finds instances (:class:`~mtp_core.models.InstanceSegmentor`):
     :meth:`run` writes the semantic rows and the instance rows. ``score_threshold``: the least score of a detection
-    that counts as a building. Test-time augmentation and ``torch.compile`` apply to the semantic decoder only: use
-    the plain Predictor (``--semantic-only``) for them."""
+    that counts as a building. ``tta``: the eight views of each tile (``predict_with_instances_tta`` of
+    :class:`~mtp_core.models.InstanceSegmentor`: the buildings found in the tile as it is, their masks and the
+    semantic probabilities averaged over the views), 8x the time. ``torch.compile`` applies to the semantic decoder
+    only: use the plain Predictor (``--semantic-only``) for it."""
 
     instances = True
 
@@ -95,10 +97,9 @@ class InstancePredictor(Predictor):
                  **kwargs: Any) -> None:
         if not isinstance(model, InstanceSegmentor):
             raise UserError(f"{card.architecture} has no instance decoder: predict with its semantic decoder")
-        for option in ("tta", "compile"):
-            if kwargs.get(option):
-                raise UserError(f"--{option} is for the semantic decoder alone: leave it out, or add --semantic-only "
-                                "to predict without instances")
+        if kwargs.get("compile"):
+            raise UserError("--compile is for the semantic decoder alone: leave it out, or add --semantic-only to "
+                            "predict without instances")
         if card.num_classes - 1 > MAX_CLASS:
             raise UserError(f"instance models take at most {MAX_CLASS} object classes, this one has "
                             f"{card.num_classes - 1}")
@@ -134,6 +135,8 @@ class InstancePredictor(Predictor):
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            if self.tta:
+                return self.model.predict_with_instances_tta(x)
             logits, found = self.model.predict_with_instances(x)
         return torch.softmax(logits.float(), dim=1), found
 

@@ -23,6 +23,7 @@ from mtp_core.inference.sinks import CLASS_NODATA, ArraySink, RowSink
 from mtp_core.inference.sources import ArraySource, Prefetched, TileSource
 from mtp_core.io.scaling import normalize
 from mtp_core.models import EncoderDecoder, InstanceSegmentor, ModelCard
+from mtp_core.models.dihedral import VIEWS
 from mtp_core.progress import CancelCallback, Progress, ProgressCallback, check_cancel
 from mtp_core.tiling import Tile, TileGrid, blend_weights
 
@@ -209,12 +210,9 @@ class Predictor:
         if not self.tta:
             return self._probabilities(x)
         total = torch.zeros((), device=x.device)
-        for quarter_turns in range(4):
-            for flip in (False, True):
-                view = torch.rot90(x, quarter_turns, dims=(2, 3))
-                probs = self._probabilities(view.flip(3) if flip else view)
-                total = total + torch.rot90(probs.flip(3) if flip else probs, -quarter_turns, dims=(2, 3))
-        return total / 8
+        for view in VIEWS:
+            total = total + view.undo(self._probabilities(view.apply(x)))
+        return total / len(VIEWS)
 
     def _infer(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`_run_model`, halving the batch on CUDA out-of-memory."""

@@ -135,16 +135,27 @@ class InstanceHeads:
         """Per image: the detections with their unpasted mask probabilities (28 x 28, of the predicted class), boxes
         at ``ori_shape``; what tiled inference pastes into its own windows."""
         feats, dets = self._detect(maps, metas)
-        boxes = [d[0] for d in dets]
-        conv_logits = self.roi_head.mask_head.conv_logits
-        logits = self.roi_head.predict_mask_logits(feats, boxes, conv_logits) if sum(len(b) for b in boxes) else None
+        return self._soft_instances(dets, metas, self.mask_probs(feats, dets))
+
+    def mask_probs(self, feats: Sequence[Tensor], dets: Sequence[tuple[Tensor, Tensor, Tensor]]) -> Tensor | None:
+        """(n, 28, 28) mask probabilities of all images' detections ``(bboxes, scores, labels)`` (boxes in ``feats``'
+        input pixels), each of its predicted class; None without detections."""
+        if not sum(len(d[0]) for d in dets):
+            return None
+        logits = self.roi_head.predict_mask_logits(feats, [d[0] for d in dets], self.roi_head.mask_head.conv_logits)
+        labels = torch.cat([d[2] for d in dets])
+        return logits[torch.arange(len(labels)), labels].sigmoid()
+
+    def _soft_instances(self, dets: Sequence[tuple[Tensor, Tensor, Tensor]], metas: Sequence[ImageMeta],
+                        probs: Tensor | None) -> list[SoftInstances]:
+        """The detections split per image with their rows of ``probs``, boxes rescaled to ``ori_shape``."""
         out, start = [], 0
         for (bboxes, scores, labels), meta in zip(dets, metas):
             n = bboxes.shape[0]
             scale = bboxes.new_tensor(meta.scale_factor).repeat(2)
-            probs = (logits[start:start + n][torch.arange(n), labels].sigmoid() if n
-                     else bboxes.new_zeros((0, self.roi_head.mask_size, self.roi_head.mask_size)))
-            out.append(SoftInstances(bboxes / scale, scores, labels, probs))
+            mine = (probs[start:start + n] if n
+                    else bboxes.new_zeros((0, self.roi_head.mask_size, self.roi_head.mask_size)))
+            out.append(SoftInstances(bboxes / scale, scores, labels, mine))
             start += n
         return out
 

@@ -281,8 +281,9 @@ def test_instance_checkpoint_predicts_instances_and_untrained_decoder_is_refused
     save_checkpoint(tmp_path / "new.pth", model, card, untrained=["neck.lateral_convs.0.conv.weight"])
     with pytest.raises(UserError, match="no trained instance decoder.*--semantic-only"):
         Predictor.from_checkpoint(tmp_path / "new.pth", device="cpu")
-    with pytest.raises(UserError, match="--tta is for the semantic decoder"):
-        InstancePredictor(model, card, device="cpu", tta=True)
+    with pytest.raises(UserError, match="--compile is for the semantic decoder"):
+        InstancePredictor(model, card, device="cpu", compile=True)
+    assert "8x test-time augmentation" in InstancePredictor(model, card, device="cpu", tta=True).describe()
 
 
 def test_predict_cli_with_an_instance_checkpoint(tmp_path, capsys):
@@ -292,9 +293,9 @@ def test_predict_cli_with_an_instance_checkpoint(tmp_path, capsys):
     save_checkpoint(tmp_path / "model.pth", model, _card())
     tif = _write_tif(_scene()[:96, :120], tmp_path / "scene.tif")
     assert main(["predict", str(tif), "--checkpoint", str(tmp_path / "model.pth"), "--out", str(tmp_path / "out"),
-                 "--device", "cpu", "--regularize", "--min-area", "2"]) == 0
+                 "--device", "cpu", "--regularize", "--min-area", "2", "--tta"]) == 0
     out = capsys.readouterr().out
-    assert "instances (one polygon per building)" in out and (tmp_path / "out" / "scene_buildings.gpkg").is_file()
+    assert "8x test-time augmentation; instances (one polygon per building)" in out and (tmp_path / "out" / "scene_buildings.gpkg").is_file()
     assert main(["predict", str(tif), "--checkpoint", str(tmp_path / "model.pth"), "--out", str(tmp_path / "sem"),
                  "--device", "cpu", "--semantic-only"]) == 0
     assert "instances" not in capsys.readouterr().out.split("\n")[0]
