@@ -51,8 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow start, fast run)")
     parser.add_argument("--tta", action="store_true",
                         help="test-time augmentation: every tile also flipped and rotated (the 8 symmetries of the "
-                             "square), probabilities averaged (with instances: the buildings found in the tile as "
-                             "it is, their masks averaged over the views); costs 8x the model's time")
+                             "square), probabilities averaged (with instances: scores, boxes and masks averaged over "
+                             "the views); costs 8x the model's time")
     parser.add_argument("--bands", default=None, help="raster bands fed as the model's R,G,B, e.g. 3,2,1")
     parser.add_argument("--threshold", type=float, default=None,
                         help="building probability threshold (default: argmax)")

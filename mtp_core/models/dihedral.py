@@ -32,6 +32,11 @@ class View:
         x = x.flip(-1) if self.mirror else x
         return torch.rot90(x, -self.turns, dims=(-2, -1))
 
+    @property
+    def inverse(self) -> "View":
+        """The view that turns this one's tensors and boxes back (a mirrored view is its own inverse)."""
+        return self if self.mirror else View(-self.turns % 4, False)
+
     def boxes(self, boxes: Tensor, size: float) -> Tensor:
         """Boxes (n, 4) as ``x1, y1, x2, y2`` in pixel-edge coordinates of a ``size`` x ``size`` tile, where this view
         sees them: a box's mask over the tile, :meth:`apply`'d, is the viewed box's mask."""

@@ -72,31 +72,22 @@ class InstanceSegmentor(InstanceHeads, EncoderDecoder):
     def predict_with_instances_tta(self, inputs: Tensor, views: Sequence[View] = VIEWS
                                    ) -> tuple[Tensor, list[SoftInstances]]:
         """Test-time augmentation over square tiles' ``views`` (:mod:`~mtp_core.models.dihedral`, the identity
-        first): the mean of the views' semantic probabilities (not logits) at the input size, and the detections of
-        the tiles as they are, each mask the mean of the masks every view gives for its box. Boxes and scores stay
-        those of the identity view, so the same buildings are found and only their outlines are averaged. One view
-        at a time: memory as without augmentation."""
+        first): the mean of the views' semantic probabilities (not logits) at the input size, and detections merged
+        over the views as MMDetection's Mask R-CNN ``aug_test`` does (:meth:`detect_in_views`: boxes and scores
+        averaged before NMS, then each mask the mean of the views' masks). The views' FPN maps are held until the
+        masks are read."""
         if inputs.shape[-1] != inputs.shape[-2]:
             raise ValueError(f"test-time augmentation turns square tiles, got {tuple(inputs.shape[-2:])}")
         if not views or views[0] != IDENTITY:
-            raise ValueError("the first view must be the identity: it finds the instances")
+            raise ValueError("the first view must be the identity: its proposals are the ones classified")
         size = inputs.shape[-1]
-        metas = [ImageMeta.of_size(*inputs.shape[2:])] * inputs.shape[0]
+        metas = [ImageMeta.of_size(size, size)] * inputs.shape[0]
         probs = torch.zeros((), device=inputs.device)
-        masks, dets = None, []
+        feats = []
         for view in views:
             maps = self.backbone(view.apply(inputs))
             logits = self._resize(self.decode_head(maps), self.decode_head, inputs.shape[2:])
             probs = probs + view.undo(torch.softmax(logits.float(), dim=1))
-            if view == IDENTITY:
-                feats, dets = self._detect(maps, metas)
-            else:
-                feats = self.neck(maps)
-            seen = [(view.boxes(boxes, size), scores, labels) for boxes, scores, labels in dets]
-            mine = self.mask_probs(feats, seen)
-            if mine is not None:
-                mine = view.undo(mine.float())
-                masks = mine if masks is None else masks + mine
-        masks = None if masks is None else masks / len(views)
-        return probs / len(views), self._soft_instances(dets, metas, masks)
-
+            feats.append(self.neck(maps))
+        dets = self.detect_in_views(feats, views, metas, size)
+        return probs / len(views), self._soft_instances(dets, metas, self.mask_probs_in_views(feats, views, dets, size))

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from mtp_core.models.dihedral import View
 from mtp_core.models.multitask.anchors import AnchorGenerator
 from mtp_core.models.multitask.bbox_head import Shared2FCBBoxHead
 from mtp_core.models.multitask.fpn import FPN
@@ -24,7 +25,7 @@ from mtp_core.models.multitask.insseg import TEST_NMS_PRE, TRAIN_NMS_PRE
 from mtp_core.models.multitask.mask_head import FCNMaskHead
 from mtp_core.models.multitask.roi_head import RoIHead
 from mtp_core.models.multitask.rpn_head import RPNHead
-from mtp_core.models.multitask.structures import Batch, ImageMeta, InstanceResult, Sample
+from mtp_core.models.multitask.structures import Batch, ImageMeta, InstanceResult, Sample, bbox2roi
 from mtp_core.models.multitask.task import Losses
 from mtp_core.models.rvsa import RVSAViT
 
@@ -145,6 +146,39 @@ class InstanceHeads:
         logits = self.roi_head.predict_mask_logits(feats, [d[0] for d in dets], self.roi_head.mask_head.conv_logits)
         labels = torch.cat([d[2] for d in dets])
         return logits[torch.arange(len(labels)), labels].sigmoid()
+
+    def detect_in_views(self, feats: Sequence[Sequence[Tensor]], views: Sequence[View], metas: Sequence[ImageMeta],
+                        size: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """Per image ``(bboxes, scores, labels)`` from the FPN maps of square tiles seen in ``views`` (the identity
+        first), merged as MMDetection's Mask R-CNN ``aug_test`` merges augmentations: the identity view's RPN
+        proposals are classified and regressed in every view, their class probabilities and boxes (turned back)
+        averaged, then the usual score threshold and NMS."""
+        proposals = self.rpn_head.predict(*self.rpn_head(feats[0]), metas, TEST_NMS_PRE)
+        counts = [p.bboxes.shape[0] for p in proposals]
+        bbox_head = self.roi_head.bbox_head
+        boxes = scores = torch.zeros((), device=feats[0][0].device)
+        for view, maps in zip(views, feats):
+            rois = bbox2roi([view.boxes(p.bboxes, size) for p in proposals])
+            cls_score, bbox_pred = self.roi_head.bbox_outputs(maps, rois, bbox_head.fc_cls, bbox_head.fc_reg)
+            seen, probs = bbox_head.decode(rois, cls_score, bbox_pred, (size, size))
+            boxes = boxes + view.inverse.boxes(seen.view(-1, 4), size).view(seen.shape)
+            scores = scores + probs
+        if not sum(counts):
+            return [bbox_head.select(p.bboxes.new_zeros((0, 4)), p.bboxes.new_zeros((0, 2))) for p in proposals]
+        return [bbox_head.select(b, s) for b, s in zip((boxes / len(views)).split(counts),
+                                                       (scores / len(views)).split(counts))]
+
+    def mask_probs_in_views(self, feats: Sequence[Sequence[Tensor]], views: Sequence[View],
+                            dets: Sequence[tuple[Tensor, Tensor, Tensor]], size: int) -> Tensor | None:
+        """:meth:`mask_probs` of the detections in square tiles, the mean of what every view's maps give for the
+        detection's box as that view sees it, turned back (MMDetection's ``merge_aug_masks``)."""
+        total = None
+        for view, maps in zip(views, feats):
+            seen = self.mask_probs(maps, [(view.boxes(boxes, size), scores, labels) for boxes, scores, labels in dets])
+            if seen is None:
+                return None
+            total = view.undo(seen.float()) if total is None else total + view.undo(seen.float())
+        return None if total is None else total / len(views)
 
     def _soft_instances(self, dets: Sequence[tuple[Tensor, Tensor, Tensor]], metas: Sequence[ImageMeta],
                         probs: Tensor | None) -> list[SoftInstances]:

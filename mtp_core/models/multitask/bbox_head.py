@@ -106,12 +106,23 @@ class Shared2FCBBoxHead(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One image's detections ``(bboxes, scores, labels)`` at ``img_shape``: softmax, class-specific decoding
         (clipped), background dropped, score > 0.05, NMS at 0.5 within classes, the best 100."""
-        if rois.shape[0] == 0:
-            return rois.new_zeros((0, 4)), rois.new_zeros((0,)), rois.new_zeros((0,), dtype=torch.long)
-        scores = F.softmax(cls_score, dim=-1)
+        boxes, scores = self.decode(rois, cls_score, bbox_pred, meta.img_shape)
+        return self.select(boxes, scores, score_thr, iou_threshold, max_per_img)
+
+    def decode(self, rois: Tensor, cls_score: Tensor, bbox_pred: Tensor, img_shape: tuple[int, int]
+               ) -> tuple[Tensor, Tensor]:
+        """Every RoI's class-specific boxes (n, 4·C), clipped to ``img_shape``, and class probabilities (n, C+1)."""
         num_classes = bbox_pred.shape[1] // 4
         boxes = self.bbox_coder.decode(
-            rois[:, 1:].repeat_interleave(num_classes, dim=0), bbox_pred.view(-1, 4), max_shape=meta.img_shape
+            rois[:, 1:].repeat_interleave(num_classes, dim=0), bbox_pred.view(-1, 4), max_shape=img_shape
         ).view(rois.shape[0], -1)
+        return boxes, F.softmax(cls_score, dim=-1)
+
+    @staticmethod
+    def select(boxes: Tensor, scores: Tensor, score_thr: float = 0.05, iou_threshold: float = 0.5,
+               max_per_img: int = 100) -> tuple[Tensor, Tensor, Tensor]:
+        """One image's detections ``(bboxes, scores, labels)`` from :meth:`decode`'s boxes and probabilities."""
+        if boxes.shape[0] == 0:
+            return boxes.new_zeros((0, 4)), boxes.new_zeros((0,)), boxes.new_zeros((0,), dtype=torch.long)
         dets, labels = multiclass_nms(boxes, scores, score_thr, iou_threshold, max_per_img)
         return dets[:, :-1], dets[:, -1], labels

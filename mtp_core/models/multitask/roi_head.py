@@ -91,14 +91,19 @@ class RoIHead(nn.Module):
         """Per image ``(bboxes, scores, labels)`` at ``img_shape``, and the raw ``cls_score``/``bbox_pred`` of all
         proposals (rows in proposal order)."""
         rois = bbox2roi([p.bboxes for p in proposals])
-        x = self.bbox_head(self.bbox_roi_extractor(feats, rois))
-        cls_score, bbox_pred = fc_cls(x), fc_reg(x)
+        cls_score, bbox_pred = self.bbox_outputs(feats, rois, fc_cls, fc_reg)
         counts = [p.bboxes.shape[0] for p in proposals]
         dets = [
             self.bbox_head.predict(r, c, b, meta)
             for r, c, b, meta in zip(rois.split(counts), cls_score.split(counts), bbox_pred.split(counts), metas)
         ]
         return dets, cls_score, bbox_pred
+
+    def bbox_outputs(self, feats: Sequence[Tensor], rois: Tensor, fc_cls: nn.Module, fc_reg: nn.Module
+                     ) -> tuple[Tensor, Tensor]:
+        """The raw ``cls_score`` (n, C+1) and ``bbox_pred`` (n, 4·C) of ``rois`` (``bbox2roi`` rows)."""
+        x = self.bbox_head(self.bbox_roi_extractor(feats, rois))
+        return fc_cls(x), fc_reg(x)
 
     def predict_mask_logits(self, feats: Sequence[Tensor], bboxes: Sequence[Tensor], conv_logits: nn.Module) -> Tensor:
         """(n, C, 28, 28) mask logits of all images' detections."""
