@@ -8,6 +8,7 @@ rules (mtp_tools.touching_compare). Ends with exactly one line:
 ``touching scenes: polygon F1 semantic-only S, instances I``.
 
     .venv/bin/python bench/instances.py [--checkpoint CKPT] [--scenes 4] [--size 512] [--touching 0.5] [--device cpu]
+        [--tta]
 """
 from __future__ import annotations
 
@@ -31,11 +32,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--touching", type=float, default=0.5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tta", action="store_true", help="both paths with test-time augmentation (8 views)")
     parser.add_argument("--out", type=Path, default=None, help="keep the scenes and both jobs' outputs here")
     args = parser.parse_args()
 
-    instances = InstancePredictor.from_checkpoint(args.checkpoint, device=args.device)
-    semantic = Predictor.from_checkpoint(args.checkpoint, device=args.device, instances=False)
+    instances = InstancePredictor.from_checkpoint(args.checkpoint, device=args.device, tta=args.tta)
+    semantic = Predictor.from_checkpoint(args.checkpoint, device=args.device, instances=False, tta=args.tta)
     print(f"model: {instances.card.description or instances.card.architecture} ({args.checkpoint.name})")
     print(f"device: {instances.describe()}")
     start = time.perf_counter()
