@@ -21,7 +21,7 @@ class ModelSpec:
     """A checkpoint file (any layout the engine reads), optionally built as a named architecture, on a device.
 
     ``architecture`` empty: the file's own model card says what to build. ``overlap``/``threshold`` None: the
-    card's own values.
+    card's own values. ``tta``: test-time augmentation (the 8 views of each tile, 8x the time).
     """
 
     checkpoint: str
@@ -30,6 +30,7 @@ class ModelSpec:
     batch_size: int = 8
     overlap: int | None = None
     threshold: float | None = None
+    tta: bool = False
 
     def key(self) -> tuple:
         """Equal keys give the same Predictor; a rewritten checkpoint (new mtime) gives a new one."""
@@ -38,14 +39,15 @@ class ModelSpec:
         except OSError:  # building it then raises the engine's message about the missing file
             mtime = None
         return (os.path.abspath(self.checkpoint), mtime, self.architecture, self.device, self.batch_size,
-                self.overlap, self.threshold)
+                self.overlap, self.threshold, self.tta)
 
 
 def build_predictor(spec: ModelSpec) -> Predictor:
     from mtp_core.inference import Predictor
 
     return Predictor.from_checkpoint(spec.checkpoint, architecture=spec.architecture, device=spec.device,
-                                     batch_size=spec.batch_size, overlap=spec.overlap, threshold=spec.threshold)
+                                     batch_size=spec.batch_size, overlap=spec.overlap, threshold=spec.threshold,
+                                     tta=spec.tta)
 
 
 class PredictorCache:

@@ -158,6 +158,9 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterString(
             "BANDS", "Bands fed as the model's R,G,B, e.g. 3,2,1 (empty: the model's own)", optional=True))
         self.addParameter(advanced(QgsProcessingParameterBoolean(
+            "TTA", "Test-time augmentation: each tile also turned and mirrored, the 8 views averaged (8x the time)",
+            False)))
+        self.addParameter(advanced(QgsProcessingParameterBoolean(
             "PIXEL_CRS", "Accept a raster without georeference (areas in pixel units)", False)))
         self.addParameter(advanced(QgsProcessingParameterNumber(
             "NODATA", "Treat this band value as nodata (e.g. 0 for black fill; empty: the raster's own)",
@@ -263,13 +266,14 @@ class MTPAlgorithm(QgsProcessingAlgorithm):
                        cache: PredictorCache = PREDICTORS) -> Predictor:
         """The model of the file parameter ``name`` (empty: ``demo``, default the demo segmentation model) on the
         chosen device, which is reported first (users must always see what runs the model); loaded once for
-        consecutive runs with the same checkpoint, device and batch size."""
+        consecutive runs with the same checkpoint, device, batch size and test-time augmentation."""
         from mtp_core.weights import DEMO_CHECKPOINT
 
         checkpoint = self.parameterAsFile(parameters, name, context) or demo or str(DEMO_CHECKPOINT)
         self.names[checkpoint] = f"{name} ({checkpoint})"
         spec = ModelSpec(checkpoint, device=self.parameterAsEnumString(parameters, "DEVICE", context),
-                         batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context))
+                         batch_size=self.parameterAsInt(parameters, "BATCH_SIZE", context),
+                         tta=self.parameterAsBoolean(parameters, "TTA", context))
         loaded = cache.holds(spec)
         predictor = cache.get(spec)
         card = predictor.card

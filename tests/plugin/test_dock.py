@@ -316,6 +316,8 @@ def test_the_model_is_built_once_and_replaced_when_its_key_changes(tmp_path) -> 
     assert cache.get(replace(spec)) is first
     other = cache.get(replace(spec, batch_size=2))
     assert other is not first and other.batch_size == 2
+    augmented = cache.get(replace(spec, tta=True))
+    assert augmented is not other and augmented.tta
     copy = tmp_path / "model.pth"
     copy.write_bytes(DEMO_CHECKPOINT.read_bytes())
     from_copy = cache.get(ModelSpec(str(copy), device="cpu"))

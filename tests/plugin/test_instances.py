@@ -110,6 +110,27 @@ def test_processing_extract_buildings_uses_the_instances_and_says_so(qgis_app, s
     assert_same_polygons(Path(result["OUTPUT"]), cli)
 
 
+def test_processing_tta_gives_what_mtp_predict_tta_gives(qgis_app, scene, tmp_path):
+    """The advanced TTA switch reaches the model: the polygons of ``mtp predict --tta``, exactly."""
+    import processing
+    from processing.core.Processing import Processing
+
+    assert mtp(["predict", str(scene), "--model", "demo-instances", "--out", str(tmp_path / "cli"), "--device", "cpu",
+                "--tta"]) == 0
+    Processing.initialize()
+    provider = MTPProvider()
+    assert QgsApplication.processingRegistry().addProvider(provider)
+    try:
+        feedback = _Feedback()
+        result = processing.run("mtp:extractbuildings", {
+            "INPUT": str(scene), "CHECKPOINT": str(DEMO_INSTANCES_CHECKPOINT), "DEVICE": "cpu", "TTA": True,
+            "OUTPUT": str(tmp_path / "buildings.gpkg")}, feedback=feedback)
+    finally:
+        QgsApplication.processingRegistry().removeProvider(provider)
+    assert any("8x test-time augmentation" in line for line in feedback.lines if line.startswith("device:"))
+    assert_same_polygons(Path(result["OUTPUT"]), tmp_path / "cli" / "row_buildings.gpkg")
+
+
 class _Feedback(QgsProcessingFeedback):
     def __init__(self) -> None:
         super().__init__()
