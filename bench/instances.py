@@ -2,7 +2,7 @@
 
 Goal: on scenes where at least 40 % of the buildings share a wall with another, instances reach polygon F1 >= 0.90
 and at least 0.10 more than semantic-only. Scenes are ``mtp synth --touching`` scenes with seeds the demo model never
-saw (its training used 2000-2039 and 3000-3015, its validation 9100-9103); both paths run the main job
+saw (its training used 2000-2099 and 3000-3039, its validation 9100-9103); both paths run the main job
 (``extract_buildings``) with one checkpoint, with and without its instance decoder, and are scored with SpaceNet's
 rules (mtp_tools.touching_compare). Ends with exactly one line:
 ``touching scenes: polygon F1 semantic-only S, instances I``.

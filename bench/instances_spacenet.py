@@ -7,7 +7,7 @@ UTM 23S (20 px² = 5 m² minimum area). The model is the demo instance model fin
 (``training/configs/demo/rvsa-tiny-upernet-maskrcnn-256-spacenet-rio.py``); the default chips are the held-out
 img8-img10. Ends with one line: ``SpaceNet chips: polygon F1 semantic-only S, instances I``.
 
-    .venv/bin/python bench/instances_spacenet.py --checkpoint work_dirs/spacenet_rio/iter_300.pth [--device cpu]
+    .venv/bin/python bench/instances_spacenet.py --checkpoint work_dirs/spacenet_rio/iter_300.pth [--device cpu] [--tta]
 """
 from __future__ import annotations
 
@@ -31,10 +31,11 @@ def main() -> None:
     parser.add_argument("--chips", type=Path, default=CHIPS)
     parser.add_argument("--split", type=Path, default=TEST, help="chip names, one per line")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tta", action="store_true", help="both paths with test-time augmentation (8 views)")
     args = parser.parse_args()
 
-    instances = InstancePredictor.from_checkpoint(args.checkpoint, device=args.device)
-    semantic = Predictor.from_checkpoint(args.checkpoint, device=args.device, instances=False)
+    instances = InstancePredictor.from_checkpoint(args.checkpoint, device=args.device, tta=args.tta)
+    semantic = Predictor.from_checkpoint(args.checkpoint, device=args.device, instances=False, tta=args.tta)
     print(f"model: {instances.card.description} ({args.checkpoint})")
     results: dict[str, list] = {"semantic": [], "instances": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,7 +25,7 @@ from mtp_core.pipeline import extract_buildings
 from mtp_core.weights import DEMO_CHECKPOINT
 
 NAME = "demo"
-TOUCHING_SEED = 424299  # never seen by the demo instance model (trained on 2000-2039, 3000-3015)
+TOUCHING_SEED = 424299  # never seen by the demo instance model (trained on 2000-2099, 3000-3039)
 
 PREDICTED_RGB = (255, 230, 0)
 LABEL_RGB = (0, 220, 255)

@@ -10,7 +10,7 @@ from mtp_core.models.instance_segmentor import InstanceSegmentor
 from mtp_core.weights import DEMO_INSTANCES_CHECKPOINT
 from mtp_tools.touching_compare import compare
 
-UNSEEN_SEED = 515201  # training used 2000..2039 and 3000..3015, validation 9100..9103, bench/instances.py 424200..
+UNSEEN_SEED = 515201  # training used 2000..2099 and 3000..3039, validation 9100..9103, bench/instances.py 424200..
 
 
 def test_demo_instances_checkpoint_is_small_and_carries_its_card() -> None:
@@ -28,5 +28,5 @@ def test_demo_instances_split_touching_rows_that_the_semantic_path_merges(tmp_pa
     semantic = Predictor.from_checkpoint(DEMO_INSTANCES_CHECKPOINT, device="cpu", instances=False)
     [scene] = compare(semantic, instances, [UNSEEN_SEED], size=384, touching=0.5, out=tmp_path)
     assert scene.touching >= 0.4
-    assert scene.instances.f1 >= 0.8
-    assert scene.instances.f1 >= scene.semantic.f1 + 0.15
+    assert scene.instances.f1 >= 0.9  # 0.946 (semantic-only 0.622)
+    assert scene.instances.f1 >= scene.semantic.f1 + 0.25

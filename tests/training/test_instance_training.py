@@ -68,13 +68,17 @@ def test_spacenet_chips_give_one_instance_per_polygon_part():
 
 
 def test_the_demo_and_rio_configs_bring_their_images_to_the_demo_models_025_m(tmp_path):
-    """The demo instance model works at 0.25 m (its card): its second-stage config and the Rio fine-tune resample the
-    0.5 m images 2x, the labels with them (nearest: every polygon part still one instance)."""
+    """The demo instance model works at 0.25 m (its card): its second- and third-stage configs and the Rio fine-tune
+    resample the 0.5 m images 2x, the labels with them (nearest: every polygon part still one instance)."""
     demo = REPO / "training" / "configs" / "demo"
     x2 = load_config(demo / "rvsa-tiny-upernet-maskrcnn-256-synthetic-x2.py")
     rio = load_config(demo / "rvsa-tiny-upernet-maskrcnn-256-spacenet-rio.py")
     assert x2["model_card"]["gsd_m"] == rio["model_card"]["gsd_m"] == 0.25
     assert x2["load_from"] == "work_dirs/demo_instances_0.5m.pth"
+    more = load_config(demo / "rvsa-tiny-upernet-maskrcnn-256-synthetic-x2-more.py")  # the third stage
+    assert more["model_card"] == x2["model_card"] and more["load_from"] == "work_dirs/demo_instances_x2.pth"
+    assert more["train_dataloader"]["dataset"]["data_root"] == "data/instances/train_more"
+    assert more["train_dataloader"]["dataset"]["pipeline"] == x2["train_dataloader"]["dataset"]["pipeline"]
     assert rio["load_from"] == "mtp_core/weights/mtp_demo_instances.pth"
     scene = render_touching_scene(512, 512, 7, 0.5)  # the size of the demo's scenes
     write_scene(scene, tmp_path / "3band" / "3band_s_img1.tif",

@@ -6,7 +6,7 @@
 #   mtp convert-ckpt work_dirs/demo_instances/iter_2400.pth work_dirs/demo_instances_0.5m.pth
 #   python -m training.train training/configs/demo/rvsa-tiny-upernet-maskrcnn-256-synthetic-x2.py \
 #       --work-dir work_dirs/demo_instances_x2
-#   mtp convert-ckpt work_dirs/demo_instances_x2/iter_2400.pth mtp_core/weights/mtp_demo_instances.pth
+# and the third stage (rvsa-tiny-upernet-maskrcnn-256-synthetic-x2-more.py) from it.
 _base_ = ['./rvsa-tiny-upernet-maskrcnn-256-synthetic.py']
 
 crop_size = (256, 256)
