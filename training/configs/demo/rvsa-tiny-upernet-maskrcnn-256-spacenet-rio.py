@@ -6,9 +6,9 @@
 #   python bench/instances_spacenet.py --checkpoint work_dirs/spacenet_rio/iter_300.pth
 # Not shipped (a figure for the report): four labelled chips teach a model little. These are strip-edge chips, only
 # 11-26 % of img1-img7 holds image (the rest is nodata, ignored), so at 0.25 m most 256 px crops hold nothing to learn.
-# Measured from the second stage: polygon F1 0.000 for both paths on img8-img10 (it answers background everywhere; 0.043 when the model
-# worked at 0.5 m), far below the synthetic-only demo instance model (its second stage: semantic-only 0.259, instances
-# 0.305; its third, the shipped one: 0.242, 0.256).
+# Measured from the second stage: polygon F1 0.000 for both paths on img8-img10 (it answers background everywhere;
+# 0.043 when the model worked at 0.5 m), far below the synthetic-only demo instance model (its second stage:
+# semantic-only 0.259, instances 0.305; its third, the shipped one: 0.242, 0.256).
 _base_ = ['rvsa-tiny-upernet-maskrcnn-256-synthetic-x2.py']
 chips = '../shared/realdata/spacenet1_AOI_0_TEST/AOI_0_TEST'
 x2 = (878, 878)  # the 439 x 406 px chips at 0.25 m, as the demo instance model works
