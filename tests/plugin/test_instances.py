@@ -91,7 +91,8 @@ def test_a_click_in_a_terrace_adds_the_house_under_it(dock, cli, iface):
     widget.click_button.setChecked(False)
 
 
-def test_processing_extract_buildings_uses_the_instances_and_says_so(qgis_app, scene, cli, tmp_path):
+def _extract_buildings(scene: Path, out: Path, **options: object) -> tuple[dict, list[str]]:
+    """``mtp:extractbuildings`` with the demo instance model through QGIS Processing: its result and its messages."""
     import processing
     from processing.core.Processing import Processing
 
@@ -101,33 +102,26 @@ def test_processing_extract_buildings_uses_the_instances_and_says_so(qgis_app, s
     try:
         feedback = _Feedback()
         result = processing.run("mtp:extractbuildings", {
-            "INPUT": str(scene), "CHECKPOINT": str(DEMO_INSTANCES_CHECKPOINT), "DEVICE": "cpu",
-            "OUTPUT": str(tmp_path / "buildings.gpkg")}, feedback=feedback)
+            "INPUT": str(scene), "CHECKPOINT": str(DEMO_INSTANCES_CHECKPOINT), "DEVICE": "cpu", **options,
+            "OUTPUT": str(out)}, feedback=feedback)
     finally:
         QgsApplication.processingRegistry().removeProvider(provider)
-    assert any(line.startswith("instances: the model has an instance decoder") for line in feedback.lines)
+    return result, feedback.lines
+
+
+def test_processing_extract_buildings_uses_the_instances_and_says_so(qgis_app, scene, cli, tmp_path):
+    result, lines = _extract_buildings(scene, tmp_path / "buildings.gpkg")
+    assert any(line.startswith("instances: the model has an instance decoder") for line in lines)
     assert result["BUILDINGS"] == len(read_vector(cli)[0])
     assert_same_polygons(Path(result["OUTPUT"]), cli)
 
 
 def test_processing_tta_gives_what_mtp_predict_tta_gives(qgis_app, scene, tmp_path):
     """The advanced TTA switch reaches the model: the polygons of ``mtp predict --tta``, exactly."""
-    import processing
-    from processing.core.Processing import Processing
-
     assert mtp(["predict", str(scene), "--model", "demo-instances", "--out", str(tmp_path / "cli"), "--device", "cpu",
                 "--tta"]) == 0
-    Processing.initialize()
-    provider = MTPProvider()
-    assert QgsApplication.processingRegistry().addProvider(provider)
-    try:
-        feedback = _Feedback()
-        result = processing.run("mtp:extractbuildings", {
-            "INPUT": str(scene), "CHECKPOINT": str(DEMO_INSTANCES_CHECKPOINT), "DEVICE": "cpu", "TTA": True,
-            "OUTPUT": str(tmp_path / "buildings.gpkg")}, feedback=feedback)
-    finally:
-        QgsApplication.processingRegistry().removeProvider(provider)
-    assert any("8x test-time augmentation" in line for line in feedback.lines if line.startswith("device:"))
+    result, lines = _extract_buildings(scene, tmp_path / "buildings.gpkg", TTA=True)
+    assert any("8x test-time augmentation" in line for line in lines if line.startswith("device:"))
     assert_same_polygons(Path(result["OUTPUT"]), tmp_path / "cli" / "row_buildings.gpkg")
 
 
