@@ -88,8 +88,8 @@ class InstancePredictor(Predictor):
     :meth:`run` writes the semantic rows and the instance rows. ``score_threshold``: the least score of a detection
     that counts as a building. ``tta``: the eight views of each tile (``predict_with_instances_tta`` of
     :class:`~mtp_core.models.InstanceSegmentor`: semantic probabilities, detection scores, boxes and masks averaged
-    over the views), 8x the time. ``torch.compile`` applies to the semantic decoder
-    only: use the plain Predictor (``--semantic-only``) for it."""
+    over the views), 8x the time. ``torch.compile`` applies to the semantic decoder only: use the plain Predictor
+    (``--semantic-only``) for it."""
 
     instances = True
 

@@ -160,11 +160,9 @@ class InstanceHeads:
         for view, maps in zip(views, feats):
             rois = bbox2roi([view.boxes(p.bboxes, size) for p in proposals])
             cls_score, bbox_pred = self.roi_head.bbox_outputs(maps, rois, bbox_head.fc_cls, bbox_head.fc_reg)
-            seen, probs = bbox_head.decode(rois, cls_score, bbox_pred, (size, size))
+            seen, probs = bbox_head.decode(rois, cls_score.float(), bbox_pred.float(), (size, size))
             boxes = boxes + view.inverse.boxes(seen.view(-1, 4), size).view(seen.shape)
             scores = scores + probs
-        if not sum(counts):
-            return [bbox_head.select(p.bboxes.new_zeros((0, 4)), p.bboxes.new_zeros((0, 2))) for p in proposals]
         return [bbox_head.select(b, s) for b, s in zip((boxes / len(views)).split(counts),
                                                        (scores / len(views)).split(counts))]
 

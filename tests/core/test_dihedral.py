@@ -96,3 +96,13 @@ def test_instance_tta_refuses_what_it_cannot_turn() -> None:
         model.predict_with_instances_tta(torch.zeros(1, 3, 40, 32))
     with pytest.raises(ValueError, match="identity"):
         model.predict_with_instances_tta(torch.zeros(1, 3, 40, 40), views=VIEWS[1:])
+
+
+def test_instance_tta_without_proposals_finds_nothing() -> None:
+    model = create_model("mtp_vit_tiny_rvsa_upernet_maskrcnn", img_size=64).eval()  # its own heads but the RPN's
+    model.rpn_head.predict = lambda cls_scores, bbox_preds, metas, nms_pre: [
+        Proposals(torch.zeros(0, 4), torch.zeros(0))] * len(metas)
+    with torch.no_grad():
+        probs, found = model.predict_with_instances_tta(torch.rand(2, 3, 64, 64))
+    assert probs.shape == (2, 2, 64, 64)
+    assert [len(f.bboxes) for f in found] == [0, 0] and all(f.mask_probs.shape == (0, 28, 28) for f in found)

@@ -115,7 +115,7 @@ class Shared2FCBBoxHead(nn.Module):
         num_classes = bbox_pred.shape[1] // 4
         boxes = self.bbox_coder.decode(
             rois[:, 1:].repeat_interleave(num_classes, dim=0), bbox_pred.view(-1, 4), max_shape=img_shape
-        ).view(rois.shape[0], -1)
+        ).view(rois.shape[0], 4 * num_classes)
         return boxes, F.softmax(cls_score, dim=-1)
 
     @staticmethod
