@@ -170,13 +170,13 @@ class InstanceHeads:
                             dets: Sequence[tuple[Tensor, Tensor, Tensor]], size: int) -> Tensor | None:
         """:meth:`mask_probs` of the detections in square tiles, the mean of what every view's maps give for the
         detection's box as that view sees it, turned back (MMDetection's ``merge_aug_masks``)."""
-        total = None
+        if not sum(len(d[0]) for d in dets):
+            return None
+        total = torch.zeros((), device=feats[0][0].device)
         for view, maps in zip(views, feats):
             seen = self.mask_probs(maps, [(view.boxes(boxes, size), scores, labels) for boxes, scores, labels in dets])
-            if seen is None:
-                return None
-            total = view.undo(seen.float()) if total is None else total + view.undo(seen.float())
-        return None if total is None else total / len(views)
+            total = total + view.undo(seen.float())
+        return total / len(views)
 
     def _soft_instances(self, dets: Sequence[tuple[Tensor, Tensor, Tensor]], metas: Sequence[ImageMeta],
                         probs: Tensor | None) -> list[SoftInstances]:
